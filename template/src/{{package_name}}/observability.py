@@ -1,0 +1,98 @@
+"""Metrics, JSON logs, and the plain-HTTP operations port (``/healthz``, ``/readyz``, ``/metrics``).
+
+The operations port is separate from the mTLS port so that kubelet probes and Prometheus
+need no client certificate; keep it unreachable from outside the cluster (NetworkPolicy).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.tool_calls = Counter(
+            "mcp_tool_calls",
+            "Tool calls by tool, authorization decision and outcome.",
+            ["tool", "decision", "outcome"],
+            registry=self.registry,
+        )
+        self.tool_latency = Histogram(
+            "mcp_tool_call_duration_seconds",
+            "Time spent in permitted tool calls.",
+            ["tool"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.tls_certificate_expiry = Gauge(
+            "mcp_tls_certificate_expiry_timestamp_seconds",
+            "When the server certificate in use expires (Unix time).",
+            registry=self.registry,
+        )
+        self.tls_reloads = Counter(
+            "mcp_tls_reloads", "Certificate reloads after rotation on disk.", registry=self.registry
+        )
+
+
+def ops_app(metrics: Metrics, is_ready: Callable[[], bool]) -> Starlette:
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        ready = is_ready()
+        return JSONResponse({"status": "ready" if ready else "not ready"}, status_code=200 if ready else 503)
+
+    async def prometheus(_: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
+        ]
+    )
+
+
+def configure_logging(level: str) -> None:
+    """JSON lines on stdout for our logs and for those of uvicorn and the SDK."""
+    shared: list[structlog.types.Processor] = [
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.ExtraAdder(),
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+    ]
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                _drop_color_message,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "mcp"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+
+
+def _drop_color_message(_: object, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+    """uvicorn adds an ANSI-coloured copy of each message; JSON logs need only one."""
+    event.pop("color_message", None)
+    return event

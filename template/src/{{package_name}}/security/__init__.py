@@ -1,0 +1,1 @@
+"""The server's security layers, one small module each."""
