@@ -42,6 +42,22 @@ class Metrics:
         self.tls_reloads = Counter(
             "mcp_tls_reloads", "Certificate reloads after rotation on disk.", registry=self.registry
         )
+        # labels() costs more than the update itself: keep each child (labels are bounded).
+        self._call_counters: dict[tuple[str, str, str], Counter] = {}
+        self._call_timers: dict[str, Histogram] = {}
+
+    def record_tool_call(self, tool: str, decision: str, outcome: str, seconds: float | None = None) -> None:
+        """Count a tool call, and time it when it ran."""
+        key = (tool, decision, outcome)
+        counter = self._call_counters.get(key)
+        if counter is None:
+            counter = self._call_counters[key] = self.tool_calls.labels(tool=tool, decision=decision, outcome=outcome)
+        counter.inc()
+        if seconds is not None:
+            timer = self._call_timers.get(tool)
+            if timer is None:
+                timer = self._call_timers[tool] = self.tool_latency.labels(tool=tool)
+            timer.observe(seconds)
 
 
 def ops_app(metrics: Metrics, is_ready: Callable[[], bool]) -> Starlette:

@@ -57,7 +57,7 @@ class ToolGuard:
         if not self.policy.allows(principal, tool):
             self.audit.record("tool_call", decision="deny", **event)
             label = await self._metric_label(tool, refresh=False)
-            self.metrics.tool_calls.labels(tool=label, decision="deny", outcome="denied").inc()
+            self.metrics.record_tool_call(label, "deny", "denied")
             raise MCPError(INVALID_PARAMS, f"Unknown tool or not permitted: {tool}")
         label = await self._metric_label(tool, refresh=True)
         started = time.perf_counter()
@@ -71,8 +71,7 @@ class ToolGuard:
             self.audit.record(
                 "tool_call", decision="allow", outcome=outcome, latency_ms=round(latency * 1000, 3), **event
             )
-            self.metrics.tool_calls.labels(tool=label, decision="allow", outcome=outcome).inc()
-            self.metrics.tool_latency.labels(tool=label).observe(latency)
+            self.metrics.record_tool_call(label, "allow", outcome, latency)
 
     def _visible_tools(self, principal: Principal | None, result: HandlerResult) -> HandlerResult:
         if isinstance(result, ListToolsResult):
