@@ -1,0 +1,49 @@
+# secure-mcp-template: `make demo` and `make test` need only Python 3.11+ and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV := $(abspath $(BIN)/uv)
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo-out
+# pytest-xdist workers for `make test`; the generated projects' suites run in parallel.
+WORKERS ?= 2
+
+.PHONY: help demo demo-stop test bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+# Bootstrap: a venv with uv from PyPI, then the pinned dev group of pyproject.toml.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$$(grep -o '"uv==[^"]*"' pyproject.toml | tr -d '"')"
+	$(UV) pip install --quiet --python $(BIN)/python --group dev
+	touch $@
+
+demo: $(STAMP) demo-stop ## generate a project with default answers into demo-out/ and start its server
+	$(BIN)/copier copy --trust --defaults --overwrite --vcs-ref=HEAD . $(DEMO_DIR)
+	cd $(DEMO_DIR) && $(UV) sync --quiet && .venv/bin/python scripts/dev_pki.py
+	cd $(DEMO_DIR) && package=$$(sed -n 's/^package_name: //p' .copier-answers.yml) && \
+		nohup .venv/bin/python -m $$package > .demo-server.log 2>&1 & echo $$! > $(DEMO_DIR)/.demo-server.pid
+	$(BIN)/python tests/support/wait_ready.py http://127.0.0.1:9090/readyz $(DEMO_DIR)/.demo-server.log
+	cd $(DEMO_DIR) && .venv/bin/python scripts/mcp_client.py
+	@echo
+	@echo "The server runs in the background: https://localhost:8443/mcp (mTLS), ops http://127.0.0.1:9090/metrics"
+	@echo "Call it:  cd $(DEMO_DIR) && .venv/bin/python scripts/mcp_client.py search_runbooks '{\"query\": \"certificates\"}'"
+	@echo "As operator:  cd $(DEMO_DIR) && .venv/bin/python scripts/mcp_client.py --identity operator revoke_session '{\"session_id\": \"sess_12345678\"}'"
+	@echo "Logs and audit: $(DEMO_DIR)/.demo-server.log    Stop it: make demo-stop"
+
+demo-stop: ## stop the demo server
+	@if [ -f $(DEMO_DIR)/.demo-server.pid ]; then \
+		kill $$(cat $(DEMO_DIR)/.demo-server.pid) 2>/dev/null || true; rm -f $(DEMO_DIR)/.demo-server.pid; \
+		echo "demo server stopped"; fi
+
+test: $(STAMP) ## the template's whole test suite (renders, generated tests, linters)
+	$(BIN)/pytest -n $(WORKERS) --dist loadgroup
+
+bench: $(STAMP) ## render the default project and run its benchmark (bare SDK vs secure stack)
+	$(BIN)/copier copy --trust --defaults --overwrite --vcs-ref=HEAD --quiet . .cache/bench-project
+	$(MAKE) -C .cache/bench-project bench UV=$(UV)
+
+clean: demo-stop ## remove the venv, caches and the demo project
+	rm -rf $(VENV) .cache $(DEMO_DIR) .pytest_cache

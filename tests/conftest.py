@@ -1,0 +1,148 @@
+"""Shared machinery: render the template with Copier's API and give each rendered project a
+virtualenv with its locked-down dependencies, cached across test sessions."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from copier import run_copy
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache"
+UV = shutil.which("uv", path=str(Path(sys.executable).parent)) or "uv"
+
+
+def questions() -> dict[str, dict[str, Any]]:
+    config = yaml.safe_load((ROOT / "copier.yml").read_text())
+    return {name: spec for name, spec in config.items() if not name.startswith("_")}
+
+
+def choice_values(spec: dict[str, Any]) -> list[Any]:
+    choices = spec["choices"]
+    return list(choices.values()) if isinstance(choices, dict) else list(choices)
+
+
+def answer_matrix() -> list[dict[str, Any]]:
+    """Every combination of the single-choice questions copier.yml offers."""
+    single = {
+        name: choice_values(spec)
+        for name, spec in questions().items()
+        if "choices" in spec and not spec.get("multiselect")
+    }
+    return [dict(zip(single, values, strict=True)) for values in itertools.product(*single.values())]
+
+
+def combo_id(answers: dict[str, Any]) -> str:
+    return "-".join(str(value) for value in answers.values())
+
+
+# Names, domain and limits unlike the defaults, so nothing depends on a default value.
+CUSTOM = {
+    "project_name": "Payments Risk Gateway",
+    "domain": "mcp.payments.internal.example.org",
+    "k8s_namespace": "payments-risk",
+    "author_email": "sec-team@payments.example.org",
+    "rate_limit_per_minute": 7,
+    "compliance": ["soc2", "iso27001", "nist-800-53", "pci-dss", "hipaa", "gdpr", "fedramp", "cis"],
+}
+
+
+def render(dest: Path, data: dict[str, Any] | None = None, *, trust: bool = True, skip_tasks: bool = False) -> Path:
+    """``copier copy --defaults`` from this checkout's working tree into ``dest``."""
+    run_copy(
+        str(ROOT),
+        dest,
+        data=data or {},
+        defaults=True,
+        unsafe=trust,
+        skip_tasks=skip_tasks,
+        vcs_ref="HEAD",
+        quiet=True,
+    )
+    return dest
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock shared by pytest-xdist workers."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def python_for(version: str) -> str:
+    """The interpreter the project asked for when this machine has it, else this one."""
+    found = subprocess.run(
+        [UV, "python", "find", "--no-python-downloads", "--python-preference", "only-system", version],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return found.stdout.strip() if found.returncode == 0 else sys.executable
+
+
+def project_venv(project: Path) -> Path:
+    """A venv with the project's runtime and dev dependencies, shared by every project whose
+    pyproject pins the same versions and cached in .cache/venvs across sessions."""
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    version = (project / ".python-version").read_text().strip()
+    interpreter = python_for(version)
+    pins = pyproject["project"]["dependencies"] + pyproject["dependency-groups"]["dev"]
+    key = hashlib.sha256("\n".join([interpreter, *sorted(pins)]).encode()).hexdigest()[:16]
+    venv = CACHE / "venvs" / key
+    with locked(CACHE / "venvs" / f"{key}.lock"):
+        if not (venv / ".complete").exists():
+            shutil.rmtree(venv, ignore_errors=True)
+            env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
+            subprocess.run([UV, "venv", "--quiet", "--python", interpreter, str(venv)], check=True, env=env)
+            subprocess.run(
+                [UV, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), "-r", "pyproject.toml"]
+                + ["--group", "dev"],
+                cwd=project,
+                check=True,
+                env=env,
+            )
+            (venv / ".complete").touch()
+    return venv
+
+
+def run_in(project: Path, venv: Path, *command: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run a tool of the project's venv inside the project, as its Makefile would."""
+    env = {
+        **os.environ,
+        "VIRTUAL_ENV": str(venv),
+        "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": os.pathsep.join([str(project / "src"), str(project / "scripts")]),
+    }
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return subprocess.run(
+        [str(venv / "bin" / command[0]), *command[1:]],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def default_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return render(tmp_path_factory.mktemp("default") / "project")

@@ -1,0 +1,48 @@
+"""Each rendered project passes its own test suite and linters, straight after `copier copy`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CUSTOM, answer_matrix, combo_id, project_venv, render, run_in
+
+# The default answers, then every offered combination with non-default names and values.
+PROJECTS = [pytest.param({}, id="defaults", marks=pytest.mark.xdist_group("defaults"))] + [
+    pytest.param({**CUSTOM, **answers}, id=combo_id(answers), marks=pytest.mark.xdist_group(combo_id(answers)))
+    for answers in answer_matrix()
+]
+
+
+@pytest.fixture(scope="module", params=PROJECTS)
+def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    answers: dict[str, Any] = request.param
+    rendered = render(tmp_path_factory.mktemp("generated") / "project", answers)
+    return rendered, project_venv(rendered)
+
+
+def test_its_own_test_suite_passes(project: tuple[Path, Path]) -> None:
+    result = run_in(*project, "python", "-m", "pytest", "-q", "-p", "no:cacheprovider")
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed, summary
+    assert int(passed.group(1)) >= 60, summary
+    assert "skipped" not in summary, summary
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("ruff", "check", "."),
+        ("ruff", "format", "--check", "."),
+        ("mypy",),
+        ("bandit", "-q", "-c", "pyproject.toml", "-r", "src", "scripts"),
+    ],
+    ids=["ruff", "ruff-format", "mypy-strict", "bandit"],
+)
+def test_linter_is_clean(project: tuple[Path, Path], command: tuple[str, ...]) -> None:
+    result = run_in(*project, *command)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]

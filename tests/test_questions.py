@@ -1,0 +1,52 @@
+"""copier.yml: defaults give a project with no prompt; a wrong answer is refused, says what is
+allowed, and writes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import questions, render
+
+
+def test_every_question_has_help_text() -> None:
+    missing = [name for name, spec in questions().items() if not str(spec.get("help", "")).strip()]
+    assert missing == []
+
+
+def test_defaults_derive_names_from_the_project_name(tmp_path: Path) -> None:
+    project = render(tmp_path / "p", {"project_name": "Payments  Risk Gateway!"})
+    answers = (project / ".copier-answers.yml").read_text()
+    assert "project_slug: payments-risk-gateway\n" in answers
+    assert "package_name: payments_risk_gateway\n" in answers
+    assert (project / "src" / "payments_risk_gateway" / "server.py").is_file()
+
+
+@pytest.mark.parametrize(
+    ("answers", "message"),
+    [
+        ({"project_name": "   "}, "project_name must not be empty"),
+        ({"project_slug": "Bad_Slug"}, r"project_slug must match \^\[a-z\]\[a-z0-9-\]\*\$"),
+        ({"project_slug": "trailing-"}, "no trailing or double hyphen"),
+        ({"package_name": "1abc"}, r"package_name must be a lowercase Python identifier"),
+        ({"package_name": "mcp"}, "would shadow a module the server imports"),
+        ({"description": 'say "hi"'}, "description must be one line without double quotes"),
+        ({"author_email": "not-an-email"}, "author_email must be an address like team@example.com"),
+        ({"domain": "Not A Domain"}, "domain must be a lowercase fully qualified DNS name"),
+        ({"domain": "localhost"}, "domain must be a lowercase fully qualified DNS name"),
+        ({"container_registry": "Registry.Example.com/Team"}, "container_registry must be a lowercase image"),
+        ({"k8s_namespace": "-payments"}, "k8s_namespace must be a DNS label"),
+        ({"rate_limit_per_minute": 0}, "rate_limit_per_minute must be a whole number from 1 to 1000000"),
+        ({"architecture": "mesh-of-meshes"}, r"'mesh-of-meshes' is not in \['standalone'\]"),
+        ({"auth_mode": "basic"}, r"'basic' is not in \['mtls'\]"),
+        ({"python_version": "3.10"}, r"'3.10' is not in \['3.12', '3.13'\]"),
+        ({"compliance": ["soc3"]}, "'soc3' is not in"),
+    ],
+    ids=lambda value: next(iter(value)) if isinstance(value, dict) else "",
+)
+def test_wrong_answer_is_refused_and_nothing_is_written(tmp_path: Path, answers: dict[str, Any], message: str) -> None:
+    destination = tmp_path / "out"
+    with pytest.raises(ValueError, match=message):
+        render(destination, answers)
+    assert not destination.exists() or not any(destination.iterdir())

@@ -1,0 +1,84 @@
+"""Every combination of answers renders to a complete, clean tree."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import CUSTOM, answer_matrix, combo_id, render
+
+MATRIX = answer_matrix()
+UNRENDERED = re.compile(r"\{\{ |\{%|%\}| \}\}")
+
+
+@pytest.fixture(scope="module", params=MATRIX, ids=combo_id)
+def rendered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    answers = {**CUSTOM, **request.param}
+    return render(tmp_path_factory.mktemp("render") / "project", answers), answers
+
+
+def files(project: Path) -> list[Path]:
+    return [path for path in project.rglob("*") if path.is_file() and ".git" not in path.parts]
+
+
+def test_matrix_covers_every_offered_choice() -> None:
+    assert {answers["python_version"] for answers in MATRIX} == {"3.12", "3.13"}
+
+
+def test_no_unrendered_jinja_or_template_suffix(rendered: tuple[Path, dict[str, Any]]) -> None:
+    project, _ = rendered
+    leftovers = [str(path) for path in files(project) if UNRENDERED.search(path.read_text()) or path.suffix == ".jinja"]
+    assert leftovers == []
+
+
+def test_toml_and_yaml_parse(rendered: tuple[Path, dict[str, Any]]) -> None:
+    project, answers = rendered
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    assert pyproject["project"]["name"] == "payments-risk-gateway"
+    assert tomllib.loads((project / "config" / "policy.toml").read_text())["allow"]
+    recorded = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    for name, value in answers.items():
+        assert recorded[name] == value
+
+
+def test_answers_reach_the_code(rendered: tuple[Path, dict[str, Any]]) -> None:
+    project, answers = rendered
+    settings = (project / "src" / "payments_risk_gateway" / "settings.py").read_text()
+    assert f"default={answers['rate_limit_per_minute']}," in settings
+    assert f'"{answers["domain"]}",' in settings
+    assert (project / ".python-version").read_text().strip() == answers["python_version"]
+    policy = (project / "config" / "policy.toml").read_text()
+    assert f"spiffe://{answers['domain']}/client/operator" in policy
+
+
+def test_compliance_matrix_lists_exactly_the_chosen_frameworks(tmp_path: Path) -> None:
+    only_gdpr = render(tmp_path / "gdpr", {"compliance": ["gdpr"]}) / "docs" / "compliance.md"
+    text = only_gdpr.read_text()
+    assert "GDPR" in text
+    assert "PCI DSS" not in text
+    assert "HIPAA" not in text
+
+
+def test_no_private_key_or_dev_pki_is_generated(rendered: tuple[Path, dict[str, Any]]) -> None:
+    project, _ = rendered
+    assert not [p for p in files(project) if "PRIVATE KEY" in p.read_text()]
+    assert not (project / ".dev-pki").exists()
+    ignored = (project / ".gitignore").read_text().splitlines()
+    assert ".dev-pki/" in ignored
+
+
+def test_untrusted_copy_gives_the_same_project(tmp_path: Path) -> None:
+    """Tasks are a convenience: without --trust (tasks skipped) the tree is the same, minus git."""
+    trusted = render(tmp_path / "trusted", trust=True)
+    untrusted = render(tmp_path / "untrusted", trust=False, skip_tasks=True)
+    tree = {p.relative_to(trusted): p.read_bytes() for p in files(trusted)}
+    assert tree == {p.relative_to(untrusted): p.read_bytes() for p in files(untrusted)}
+    assert (trusted / ".git").is_dir()
+    assert not (untrusted / ".git").exists()
+    branch = subprocess.run(["git", "-C", str(trusted), "symbolic-ref", "--short", "HEAD"], capture_output=True, text=True)
+    assert branch.stdout.strip() == "main"

@@ -1,0 +1,96 @@
+"""The generated project's documented commands work as a newcomer would type them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import UV, project_venv, render, run_in
+from support.wait_ready import wait_ready
+
+pytestmark = pytest.mark.xdist_group("workflow")
+PREFIX = "ACME_MCP_SERVER_"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def make(project: Path, *targets: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", *targets, f"UV={UV}"],
+        cwd=project,
+        env=env or dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    project = render(tmp_path_factory.mktemp("workflow") / "project")
+    for target in ("install", "certs"):
+        result = make(project, target)
+        assert result.returncode == 0, result.stdout + result.stderr
+    return project
+
+
+@pytest.fixture(scope="module")
+def dev_server(installed: Path) -> Iterator[tuple[Path, int]]:
+    port, ops_port = free_port(), free_port()
+    env = {**os.environ, f"{PREFIX}PORT": str(port), f"{PREFIX}OPS_PORT": str(ops_port)}
+    log = installed / "dev.log"
+    with log.open("w") as sink:
+        server = subprocess.Popen(
+            ["make", "dev", f"UV={UV}"], cwd=installed, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_ready(f"http://127.0.0.1:{ops_port}/readyz", log, timeout=120)
+        yield installed, port
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_install_writes_a_lock_file_and_keeps_keys_out_of_git(installed: Path) -> None:
+    assert (installed / "uv.lock").is_file()
+    assert (installed / ".dev-pki" / "client-reader-key.pem").is_file()
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=installed, capture_output=True, text=True, check=True)
+    assert ".dev-pki" not in status.stdout
+    assert "-key.pem" not in status.stdout
+
+
+def test_make_client_calls_the_dev_server_over_mtls(dev_server: tuple[Path, int]) -> None:
+    project, port = dev_server
+    url = f"URL=https://localhost:{port}/mcp"
+    reader = make(project, "client", url)
+    operator = make(project, "client", url, "IDENTITY=operator", "TOOL=revoke_session", 'ARGS={"session_id":"sess_12345678"}')
+    denied = make(project, "client", url, "TOOL=revoke_session", 'ARGS={"session_id":"sess_12345678"}')
+    assert reader.returncode == 0, reader.stdout + reader.stderr
+    assert "spiffe://mcp.example.com/client/reader" in reader.stdout
+    assert "tools you may call: whoami, search_runbooks\n" in reader.stdout
+    assert operator.returncode == 0, operator.stdout + operator.stderr
+    assert '"revoked": true' in operator.stdout
+    assert denied.returncode != 0
+    assert "revoke_session refused: Unknown tool or not permitted" in denied.stdout + denied.stderr
+
+
+def test_benchmark_prints_the_comparison_table(installed: Path) -> None:
+    venv = project_venv(installed)
+    result = run_in(installed, venv, "python", "scripts/bench.py", "--calls", "40", "--repeat", "1", "--concurrency", "1,4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 1 |") or line.startswith("| 4 |")]
+    assert len(rows) == 2, result.stdout
+    assert "secure/bare calls/s" in result.stdout
+    assert "audit events written by the secure server: " in result.stdout
+    assert not result.stdout.rstrip().endswith("server: 0")
