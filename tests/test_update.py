@@ -1,0 +1,75 @@
+"""`copier update` brings a template fix into an existing project and keeps the project's own code."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+from conftest import ROOT
+from copier import run_copy, run_update
+
+HEADERS_MODULE = "template/src/{{package_name}}/security/headers.py"
+FIX = '    (b"permissions-policy", b"()"),\n'
+
+
+def git(directory: Path, *args: str) -> str:
+    result = subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True, check=True)
+    return result.stdout
+
+
+def template_repo(destination: Path) -> Path:
+    """This checkout's working tree as a fresh git repository tagged v1.0.0."""
+    tracked = git(ROOT, "ls-files", "--cached", "--others", "--exclude-standard").splitlines()
+    for name in tracked:
+        source = ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    git(destination, "init", "--quiet", "--initial-branch=main")
+    git(destination, "add", "-A")
+    git(destination, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet", "-m", "v1")
+    git(destination, "tag", "v1.0.0")
+    return destination
+
+
+def commit_all(directory: Path, message: str) -> None:
+    git(directory, "add", "-A")
+    git(directory, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet", "-m", message)
+
+
+def test_update_merges_a_template_fix_and_keeps_local_changes(tmp_path: Path) -> None:
+    template = template_repo(tmp_path / "template")
+    project = tmp_path / "project"
+    run_copy(str(template), project, defaults=True, unsafe=True, vcs_ref="v1.0.0", quiet=True)
+    commit_all(project, "generated")
+
+    # The team adds its own tool and grants it.
+    server = project / "src" / "acme_mcp_server" / "server.py"
+    server.write_text(
+        server.read_text().replace(
+            "    return server\n",
+            "    @server.tool()\n    def team_tool() -> str:\n        return 'ours'\n\n    return server\n",
+        )
+    )
+    policy = project / "config" / "policy.toml"
+    policy.write_text(policy.read_text() + '\n[[allow]]\nprincipals = ["*"]\ntools = ["team_tool"]\n')
+    commit_all(project, "our tool")
+
+    # The template ships a hardening fix as v1.1.0.
+    headers = template / HEADERS_MODULE
+    text = headers.read_text()
+    headers.write_text(text.replace('    (b"cache-control", b"no-store"),\n', f'    (b"cache-control", b"no-store"),\n{FIX}'))
+    commit_all(template, "add Permissions-Policy")
+    git(template, "tag", "v1.1.0")
+
+    run_update(project, defaults=True, overwrite=True, unsafe=True, vcs_ref="v1.1.0", quiet=True, conflict="inline")
+
+    assert FIX in (project / "src" / "acme_mcp_server" / "security" / "headers.py").read_text()
+    assert "def team_tool() -> str:" in server.read_text()
+    assert 'tools = ["team_tool"]' in policy.read_text()
+    assert not list(project.rglob("*.rej"))
+    assert "<<<<<<<" not in server.read_text()
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    assert answers["_commit"] == "v1.1.0"
