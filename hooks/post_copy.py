@@ -1,7 +1,7 @@
 """Post-copy task: make the new project a git repository with a `main` branch.
 
-A convenience only: `copier copy` without `--trust` (or with `--skip-tasks`) gives the same
-project; run `git init -b main` yourself then.
+A convenience only: `copier copy --skip-tasks` (which needs no `--trust`) gives the same
+files; run `git init -b main` yourself then.
 """
 
 from __future__ import annotations

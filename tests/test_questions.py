@@ -27,10 +27,13 @@ def test_defaults_derive_names_from_the_project_name(tmp_path: Path) -> None:
     ("answers", "message"),
     [
         ({"project_name": "   "}, "project_name must not be empty"),
+        ({"project_name": 'Say "hi" Server'}, "project_name must be one line of at most 60 characters"),
+        ({"project_name": "x" * 61}, "project_name must be one line of at most 60 characters"),
         ({"project_slug": "Bad_Slug"}, r"project_slug must match \^\[a-z\]\[a-z0-9-\]\*\$"),
         ({"project_slug": "trailing-"}, "no trailing or double hyphen"),
         ({"package_name": "1abc"}, r"package_name must be a lowercase Python identifier"),
         ({"package_name": "mcp"}, "would shadow a module the server imports"),
+        ({"package_name": "dev_pki"}, "would shadow a module the server imports"),
         ({"description": 'say "hi"'}, "description must be one line without double quotes"),
         ({"author_email": "not-an-email"}, "author_email must be an address like team@example.com"),
         ({"domain": "Not A Domain"}, "domain must be a lowercase fully qualified DNS name"),
