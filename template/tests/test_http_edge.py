@@ -59,14 +59,22 @@ def test_foreign_origin_is_refused_and_audited(server: RunningServer, http: http
     headers = {**MCP_HEADERS, "origin": "https://attacker.example", "x-request-id": "origin-check"}
     response = http.post("/mcp", headers=headers, json=call("whoami"))
     assert response.status_code == 403
-    (event,) = server.audit_events(event="request_rejected", request_id="origin-check")
+    (event,) = server.audit_events(event="request_rejected", http_request_id="origin-check")
     assert event["status"] == 403
     assert event["principal"] == CLIENTS["reader"]
+    assert event["client_ip"] == "127.0.0.1"
 
 
 def test_foreign_host_is_refused(http: httpx2.Client) -> None:
     response = http.post("/mcp", headers={**MCP_HEADERS, "host": "rebound.attacker.example"}, json=call("whoami"))
     assert response.status_code == 421
+
+
+def test_get_opens_no_event_stream(http: httpx2.Client) -> None:
+    """A stateless server has nothing to push: GET is refused at once instead of held open."""
+    response = http.get("/mcp", headers={"accept": "text/event-stream"}, timeout=5.0)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
 
 
 def test_oversized_body_is_refused_with_413(http: httpx2.Client) -> None:

@@ -36,6 +36,13 @@ def test_tool_calls_are_counted_by_tool_decision_and_outcome(server: RunningServ
     assert (metric(server, "mcp_tool_call_duration_seconds_count", tool="search_runbooks") or 0) >= 1
 
 
+def test_refused_requests_are_counted_by_status(server: RunningServer) -> None:
+    before = metric(server, "mcp_http_requests_rejected_total", status="403") or 0.0
+    with server.http("reader") as http:
+        http.post("/mcp", headers={**MCP_HEADERS, "origin": "https://attacker.example"}, json={})
+    assert metric(server, "mcp_http_requests_rejected_total", status="403") == before + 1
+
+
 def test_certificate_expiry_is_exported(server: RunningServer) -> None:
     expiry = metric(server, "mcp_tls_certificate_expiry_timestamp_seconds")
     assert expiry is not None

@@ -71,6 +71,7 @@ async def test_operator_calls_privileged_tool_and_it_is_audited(server: RunningS
     assert event["latency_ms"] >= 0
     assert event["request_id"] is not None
     assert event["http_request_id"]
+    assert event["client_ip"] == "127.0.0.1"
 
 
 async def test_invalid_arguments_are_refused_before_the_tool_runs(server: RunningServer) -> None:

@@ -39,6 +39,12 @@ class Metrics:
             "When the server certificate in use expires (Unix time).",
             registry=self.registry,
         )
+        self.requests_rejected = Counter(
+            "mcp_http_requests_rejected",
+            "Requests answered with an HTTP error status (4xx, 5xx), by status.",
+            ["status"],
+            registry=self.registry,
+        )
         self.tls_reloads = Counter(
             "mcp_tls_reloads", "Certificate reloads after rotation on disk.", registry=self.registry
         )

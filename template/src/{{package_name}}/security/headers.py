@@ -9,8 +9,9 @@ import secrets
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..observability import Metrics
 from .audit import AuditLog
-from .identity import principal_from_scope
+from .identity import client_ip, principal_from_scope
 
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"strict-transport-security", b"max-age=63072000; includeSubDomains"),
@@ -25,9 +26,10 @@ _SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
 
 class SecurityHeadersMiddleware:
-    def __init__(self, app: ASGIApp, *, audit: AuditLog) -> None:
+    def __init__(self, app: ASGIApp, *, audit: AuditLog, metrics: Metrics) -> None:
         self.app = app
         self.audit = audit
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,8 +51,11 @@ class SecurityHeadersMiddleware:
                         method=scope["method"],
                         path=scope["path"],
                         principal=principal.id if principal else None,
-                        request_id=request_id,
+                        client_ip=client_ip(scope),
+                        http_request_id=request_id,
                     )
+                if message["status"] >= 400:
+                    self.metrics.requests_rejected.labels(status=str(message["status"])).inc()
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -57,6 +57,12 @@ def principal_from_certificate(cert: dict[str, Any]) -> Principal | None:
     return Principal(id=names[0], names=tuple(names), subject=subject)
 
 
+def client_ip(scope: Scope) -> str | None:
+    """The peer address of the connection (not a forwarded header: nothing here trusts one)."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
 def principal_from_scope(scope: Scope) -> Principal | None:
     """The principal that ``TLSIdentityProtocol`` attached to this request, if any."""
     tls: dict[str, Any] | None = scope.get("extensions", {}).get("tls")
@@ -83,8 +89,8 @@ class TLSIdentityProtocol(HttpToolsProtocol):
 
 
 def _tls_extension(ssl_object: ssl.SSLObject) -> dict[str, Any]:
-    """The ASGI TLS extension (only the leaf certificate: Python exposes no verified chain
-    before 3.13), with the parsed ``principal`` added."""
+    """The ASGI TLS extension, with the parsed ``principal`` added. ``client_cert_chain``
+    holds the client's leaf certificate only."""
     der = ssl_object.getpeercert(binary_form=True)
     cert = ssl_object.getpeercert() or {}
     principal = principal_from_certificate(cert)

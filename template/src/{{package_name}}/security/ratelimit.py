@@ -2,7 +2,7 @@
 
 A moving window of N requests per 60 s for each principal. ``memory://`` (the default) keeps
 it in this process with no thread and no background task; any other storage URI (e.g.
-``redis://host:6379``, with ``limits[redis]`` installed) shares one budget across replicas
+``redis://host:6379``, with ``limits[async-redis]`` installed) shares one budget across replicas
 through the ``limits`` library. (``limits``' own in-memory storage starts a timer thread or
 task per request to expire entries, which cost more than the rest of our layers together.)
 """
@@ -21,7 +21,7 @@ from limits.storage import storage_from_string
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .audit import AuditLog
-from .identity import principal_from_scope
+from .identity import client_ip, principal_from_scope
 
 WINDOW_SECONDS = 60.0
 
@@ -82,7 +82,7 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         principal = principal_from_scope(scope)
-        key = principal.id if principal else f"ip:{(scope.get('client') or ('unknown',))[0]}"
+        key = principal.id if principal else f"ip:{client_ip(scope)}"
         wait = await self.window.retry_after(key)
         if not wait:
             await self.app(scope, receive, send)
@@ -91,7 +91,11 @@ class RateLimitMiddleware:
         state = scope.setdefault("state", {})
         state["audited"] = True
         self.audit.record(
-            "rate_limited", principal=key, request_id=state.get("request_id"), retry_after_seconds=retry_after
+            "rate_limited",
+            principal=key,
+            client_ip=client_ip(scope),
+            http_request_id=state.get("request_id"),
+            retry_after_seconds=retry_after,
         )
         body = json.dumps(
             {

@@ -66,6 +66,7 @@ class ReloadingTLS:
     def __init__(self, files: TLSFiles) -> None:
         self.files = files
         self._stamp = files.stamp()
+        self._failed_stamp: tuple[tuple[int, int, int], ...] | None = None
         self.current = build_context(files)
         self.listener = build_context(files)
         self.listener.sni_callback = self._hand_over
@@ -75,17 +76,26 @@ class ReloadingTLS:
         ssl_object.context = self.current
 
     def reload_if_changed(self) -> bool:
-        """Load changed files; on any error keep serving with the previous context."""
+        """Load changed files; on any error keep serving with the previous context. A failure
+        is logged once and tried again when the files change next (a rotation may be
+        half-written)."""
         try:
             stamp = self.files.stamp()
-            if stamp == self._stamp:
-                return False
+        except OSError as exc:
+            return self._failed((), exc)
+        if stamp in (self._stamp, self._failed_stamp):
+            return False
+        try:
             context = build_context(self.files)
             expires_at = certificate_expiry(self.files.cert)
         except (OSError, ValueError, TLSConfigError) as exc:
-            # A half-written rotation is retried on the next tick.
-            log.error("tls reload failed, keeping the previous certificates: %s", exc)  # noqa: TRY400
-            return False
+            return self._failed(stamp, exc)
         self.current, self._stamp, self.expires_at = context, stamp, expires_at
         log.info("tls certificates reloaded", extra={"expires_at": expires_at.isoformat()})
         return True
+
+    def _failed(self, stamp: tuple[tuple[int, int, int], ...], exc: Exception) -> bool:
+        if stamp != self._failed_stamp:
+            self._failed_stamp = stamp
+            log.error("tls reload failed, keeping the previous certificates: %s", exc)
+        return False

@@ -17,7 +17,7 @@ from mcp_types import INVALID_PARAMS, CallToolResult, ListToolsResult
 
 from ..observability import Metrics
 from .audit import AuditLog
-from .identity import Principal, principal_from_scope
+from .identity import Principal, client_ip, principal_from_scope
 from .policy import Policy
 
 
@@ -53,6 +53,7 @@ class ToolGuard:
             "tool": tool,
             "request_id": ctx.request_id,
             "http_request_id": _http_request_id(ctx),
+            "client_ip": _client_ip(ctx),
         }
         if not self.policy.allows(principal, tool):
             self.audit.record("tool_call", decision="deny", **event)
@@ -101,6 +102,11 @@ def _mark_audited(ctx: ServerRequestContext[Any, Any]) -> None:
     scope = getattr(ctx.request, "scope", None)
     if scope is not None:
         scope.setdefault("state", {})["audited"] = True
+
+
+def _client_ip(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    scope = getattr(ctx.request, "scope", None)
+    return client_ip(scope) if scope is not None else None
 
 
 def _http_request_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
