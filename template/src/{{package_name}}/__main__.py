@@ -53,13 +53,13 @@ def assemble() -> Service:
     policy = Policy.load(settings.policy_file)
     server, metrics = build_server(), Metrics()
     app = create_app(settings, server, policy, AuditLog(), metrics)
-    mcp_socket = bind(settings.host, settings.port, "PORT")
-    ops_socket = bind(settings.ops_host, settings.ops_port, "OPS_PORT")
+    mcp_socket = bind(settings.host, settings.port, "HOST", "PORT")
+    ops_socket = bind(settings.ops_host, settings.ops_port, "OPS_HOST", "OPS_PORT")
     return Service(settings, tls, policy, server, app, metrics, mcp_socket, ops_socket)
 
 
-def bind(host: str, port: int, setting: str) -> socket.socket:
-    """Bind here, so that a busy port is a configuration error and not a traceback."""
+def bind(host: str, port: int, host_setting: str, port_setting: str) -> socket.socket:
+    """Bind here, so that a busy port or a wrong address is a configuration error, not a traceback."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -67,8 +67,8 @@ def bind(host: str, port: int, setting: str) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         raise ConfigError(
-            f"{ENV_PREFIX}{setting}: cannot listen on {host}:{port}: {exc.strerror} "
-            f"(choose a free port or stop what uses it)"
+            f"{ENV_PREFIX}{host_setting}/{ENV_PREFIX}{port_setting}: cannot listen on {host}:{port}: {exc.strerror} "
+            "(use an address of this host and a free port)"
         ) from None
     sock.set_inheritable(True)
     return sock
