@@ -57,6 +57,12 @@ def principal_from_certificate(cert: dict[str, Any]) -> Principal | None:
     return Principal(id=names[0], names=tuple(names), subject=subject)
 
 
+def request_scope(request: object) -> Scope:
+    """The ASGI scope of the HTTP request behind an MCP message ({} for in-process calls)."""
+    scope: Scope | None = getattr(request, "scope", None)
+    return scope if scope is not None else {}
+
+
 def client_ip(scope: Scope) -> str | None:
     """The peer address of the connection (not a forwarded header: nothing here trusts one)."""
     client = scope.get("client")

@@ -17,15 +17,11 @@ from mcp_types import INVALID_PARAMS, CallToolResult, ListToolsResult
 
 from ..observability import Metrics
 from .audit import AuditLog
-from .identity import Principal, client_ip, principal_from_scope
+from .identity import Principal, client_ip, principal_from_scope, request_scope
 from .policy import Policy
 
-
-def request_principal(ctx: ServerRequestContext[Any, Any]) -> Principal | None:
-    """The caller of this JSON-RPC message, as verified by the transport."""
-    request = ctx.request
-    scope = getattr(request, "scope", None)
-    return principal_from_scope(scope) if scope is not None else None
+# MCP limits tool names to 128 characters; a longer name is logged cut to that.
+_TOOL_NAME_LIMIT = 128
 
 
 class ToolGuard:
@@ -40,20 +36,22 @@ class ToolGuard:
         if ctx.method == "tools/call":
             return await self._call_tool(ctx, call_next)
         if ctx.method == "tools/list":
-            return self._visible_tools(request_principal(ctx), await call_next(ctx))
+            return self._visible_tools(principal_from_scope(request_scope(ctx.request)), await call_next(ctx))
         return await call_next(ctx)
 
     async def _call_tool(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        principal = request_principal(ctx)
+        scope = request_scope(ctx.request)
+        principal = principal_from_scope(scope)
         tool = str((ctx.params or {}).get("name", ""))
-        _mark_audited(ctx)
+        state = scope.setdefault("state", {})
+        state["audited"] = True  # the HTTP edge need not audit this request again
         event: dict[str, object] = {
             "principal": principal.id if principal else None,
             "authenticated_by": principal.authenticated_by if principal else None,
-            "tool": tool,
+            "tool": tool[:_TOOL_NAME_LIMIT],
             "request_id": ctx.request_id,
-            "http_request_id": _http_request_id(ctx),
-            "client_ip": _client_ip(ctx),
+            "http_request_id": state.get("request_id"),
+            "client_ip": client_ip(scope),
         }
         if not self.policy.allows(principal, tool):
             self.audit.record("tool_call", decision="deny", **event)
@@ -95,20 +93,3 @@ def _is_error(result: HandlerResult) -> bool:
     if isinstance(result, CallToolResult):
         return result.is_error
     return isinstance(result, dict) and bool(result.get("isError"))
-
-
-def _mark_audited(ctx: ServerRequestContext[Any, Any]) -> None:
-    """Tell the HTTP edge that this request already has its audit event."""
-    scope = getattr(ctx.request, "scope", None)
-    if scope is not None:
-        scope.setdefault("state", {})["audited"] = True
-
-
-def _client_ip(ctx: ServerRequestContext[Any, Any]) -> str | None:
-    scope = getattr(ctx.request, "scope", None)
-    return client_ip(scope) if scope is not None else None
-
-
-def _http_request_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
-    scope = getattr(ctx.request, "scope", None)
-    return scope.get("state", {}).get("request_id") if scope is not None else None
