@@ -87,10 +87,12 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def python_for(version: str) -> str:
-    """The interpreter the project asked for when this machine has it, else this one."""
+def python_for(project: Path, version: str) -> str:
+    """The interpreter the project asked for when this machine has it, else this one.
+    Run in the project, where version managers such as pyenv honour its .python-version."""
     found = subprocess.run(
         [UV, "python", "find", "--no-python-downloads", "--python-preference", "only-system", version],
+        cwd=project,
         capture_output=True,
         text=True,
         check=False,
@@ -103,7 +105,7 @@ def project_venv(project: Path) -> Path:
     pyproject pins the same versions and cached in .cache/venvs across sessions."""
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
     version = (project / ".python-version").read_text().strip()
-    interpreter = python_for(version)
+    interpreter = python_for(project, version)
     pins = pyproject["project"]["dependencies"] + pyproject["dependency-groups"]["dev"]
     key = hashlib.sha256("\n".join([interpreter, *sorted(pins)]).encode()).hexdigest()[:16]
     venv = CACHE / "venvs" / key
