@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -42,18 +41,10 @@ def replace_atomically(path: Path, data: bytes) -> None:
 
 def served_certificate(server: RunningServer, context: ssl.SSLContext) -> x509.Certificate | None:
     """The certificate the server presents to a new connection, None if the handshake fails."""
-    try:
-        with (
-            socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw,
-            context.wrap_socket(raw, server_hostname="localhost") as tls,
-        ):
-            tls.sendall(b"GET /mcp HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            if not tls.recv(1024):
-                return None
-            der = tls.getpeercert(binary_form=True)
-    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+    probe = server.probe(context)
+    if probe is None or probe.server_certificate is None:
         return None
-    return x509.load_der_x509_certificate(der) if der else None
+    return x509.load_der_x509_certificate(probe.server_certificate)
 
 
 def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import ssl
 
 import pytest
@@ -88,40 +87,21 @@ async def test_resource_and_prompt(server: RunningServer) -> None:
     assert "INC-42" in str(prompt.messages[0].content)
 
 
-def _answer(server: RunningServer, context: ssl.SSLContext) -> bytes | None:
-    """Connect, send one request and read; what the server answers, None if it refused us."""
-    try:
-        with (
-            socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw,
-            context.wrap_socket(raw, server_hostname="localhost") as tls,
-        ):
-            tls.sendall(b"GET /mcp HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            # TLS 1.3 checks the client certificate after the client thinks the handshake is
-            # done, so a refusal shows here as an alert or a closed connection.
-            return tls.recv(1024) or None
-    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
-        return None
-
-
 def test_tls_1_2_is_refused(server: RunningServer) -> None:
     context = server.pki.client("reader")
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.maximum_version = ssl.TLSVersion.TLSv1_2
-    assert _answer(server, context) is None
+    assert server.probe(context) is None
 
 
 def test_tls_1_3_with_a_trusted_client_certificate_gets_an_answer(server: RunningServer) -> None:
-    answer = _answer(server, server.pki.client("reader"))
-    assert answer is not None
-    assert answer.startswith(b"HTTP/1.1 ")
-    with (
-        socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw,
-        server.pki.client("reader").wrap_socket(raw, server_hostname="localhost") as tls,
-    ):
-        assert tls.version() == "TLSv1.3"
+    probe = server.probe(server.pki.client("reader"))
+    assert probe is not None
+    assert probe.answer.startswith(b"HTTP/1.1 ")
+    assert probe.tls_version == "TLSv1.3"
 
 
 @pytest.mark.parametrize("identity", [None, "foreign"], ids=["no-client-cert", "foreign-ca-cert"])
 def test_client_without_a_trusted_certificate_is_refused(server: RunningServer, identity: str | None) -> None:
     context = server.pki.anonymous() if identity is None else server.pki.client(identity)
-    assert _answer(server, context) is None
+    assert server.probe(context) is None

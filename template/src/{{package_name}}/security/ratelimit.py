@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from limits import RateLimitItemPerMinute
 from limits.aio.strategies import MovingWindowRateLimiter
-from limits.storage import storage_from_string
+from limits.storage import StorageTypes, storage_from_string
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .audit import AuditLog
@@ -52,13 +52,18 @@ class LocalWindow:
         return 0.0
 
 
+def shared_storage(storage_uri: str) -> StorageTypes:
+    """The asyncio ``limits`` storage for a URI; ``limits.errors.ConfigurationError`` for an
+    unknown scheme or a missing driver."""
+    return storage_from_string(storage_uri if storage_uri.startswith("async+") else f"async+{storage_uri}")
+
+
 class SharedWindow:
     """Moving window in a storage shared by all replicas, through ``limits``."""
 
     def __init__(self, limit: int, storage_uri: str) -> None:
-        uri = storage_uri if storage_uri.startswith("async+") else f"async+{storage_uri}"
         self.item = RateLimitItemPerMinute(limit)
-        self.limiter = MovingWindowRateLimiter(storage_from_string(uri))
+        self.limiter = MovingWindowRateLimiter(shared_storage(storage_uri))
 
     async def retry_after(self, key: str) -> float:
         if await self.limiter.hit(self.item, key):
