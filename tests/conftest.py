@@ -35,14 +35,32 @@ def choice_values(spec: dict[str, Any]) -> list[Any]:
     return list(choices.values()) if isinstance(choices, dict) else list(choices)
 
 
-def answer_matrix() -> list[dict[str, Any]]:
-    """Every combination of the single-choice questions copier.yml offers."""
-    single = {
+def single_choices() -> dict[str, list[Any]]:
+    """The single-choice questions copier.yml offers, with their choices."""
+    return {
         name: choice_values(spec)
         for name, spec in questions().items()
         if "choices" in spec and not spec.get("multiselect")
     }
-    return [dict(zip(single, values, strict=True)) for values in itertools.product(*single.values())]
+
+
+def covering(*vary: str) -> list[dict[str, Any]]:
+    """Every combination of the questions named in ``vary``; each other single-choice question
+    takes its choices in turn, so every offered choice of every question appears at least once.
+    Tests name the questions their subject depends on and stay cheap as choices grow."""
+    choices = single_choices()
+    varied = list(itertools.product(*(choices[name] for name in vary)))
+    others = {name: values for name, values in choices.items() if name not in vary}
+    count = max([len(varied)] + [len(values) for values in others.values()])
+    return [
+        {
+            name: (dict(zip(vary, varied[index % len(varied)], strict=True)) | {
+                other: values[index % len(values)] for other, values in others.items()
+            })[name]
+            for name in choices
+        }
+        for index in range(count)
+    ]
 
 
 def combo_id(answers: dict[str, Any]) -> str:
@@ -100,13 +118,16 @@ def python_for(project: Path, version: str) -> str:
     return found.stdout.strip() if found.returncode == 0 else sys.executable
 
 
-def project_venv(project: Path) -> Path:
-    """A venv with the project's runtime and dev dependencies, shared by every project whose
-    pyproject pins the same versions and cached in .cache/venvs across sessions."""
+def project_venv(project: Path, *, groups: tuple[str, ...] = ("dev",), runtime: bool = True) -> Path:
+    """A venv with the project's runtime dependencies (unless ``runtime`` is false) and the given
+    dependency groups, shared by every project that pins the same versions and cached in
+    .cache/venvs across sessions. The versions come from the rendered pyproject alone."""
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
     version = (project / ".python-version").read_text().strip()
     interpreter = python_for(project, version)
-    pins = pyproject["project"]["dependencies"] + pyproject["dependency-groups"]["dev"]
+    pins = (pyproject["project"]["dependencies"] if runtime else []) + [
+        pin for group in groups for pin in pyproject["dependency-groups"][group]
+    ]
     key = hashlib.sha256("\n".join([interpreter, *sorted(pins)]).encode()).hexdigest()[:16]
     venv = CACHE / "venvs" / key
     with locked(CACHE / "venvs" / f"{key}.lock"):
@@ -114,9 +135,10 @@ def project_venv(project: Path) -> Path:
             shutil.rmtree(venv, ignore_errors=True)
             env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
             subprocess.run([UV, "venv", "--quiet", "--python", interpreter, str(venv)], check=True, env=env)
+            source = ["-r", "pyproject.toml"] if runtime else []
+            group_flags = [flag for group in groups for flag in ("--group", group)]
             subprocess.run(
-                [UV, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), "-r", "pyproject.toml"]
-                + ["--group", "dev"],
+                [UV, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), *source, *group_flags],
                 cwd=project,
                 check=True,
                 env=env,

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CUSTOM, answer_matrix, combo_id, project_venv, render, run_in
+from conftest import CUSTOM, combo_id, covering, project_venv, render, run_in
 
-# The default answers, then every offered combination with non-default names and values.
+# The default answers, then every combination of the answers that change the server's code
+# (the others take each of their choices in turn), with non-default names and values.
 PROJECTS = [pytest.param({}, id="defaults", marks=pytest.mark.xdist_group("defaults"))] + [
     pytest.param({**CUSTOM, **answers}, id=combo_id(answers), marks=pytest.mark.xdist_group(combo_id(answers)))
-    for answers in answer_matrix()
+    for answers in covering("auth_mode", "architecture", "python_version")
 ]
 
 
