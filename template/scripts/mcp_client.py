@@ -1,4 +1,6 @@
-"""Call the server over mutual TLS with the MCP SDK's own client.
+"""Call the server with the MCP SDK's own client, over TLS 1.3 with the dev client
+certificate of ``--identity`` (when the dev PKI has one) and a bearer token (``--token`` or
+``MCP_ACCESS_TOKEN``) when given.
 
 Usage::
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,10 +38,12 @@ def client_tls(ca: Path, cert: Path | None, key: Path | None) -> ssl.SSLContext:
 
 
 @asynccontextmanager
-async def connect(url: str, tls: ssl.SSLContext, *, mode: ConnectMode = "auto") -> AsyncIterator[Client]:
+async def connect(
+    url: str, tls: ssl.SSLContext, *, mode: ConnectMode = "auto", headers: dict[str, str] | None = None
+) -> AsyncIterator[Client]:
     timeout = httpx2.Timeout(30.0, read=300.0)
     async with (
-        httpx2.AsyncClient(verify=tls, timeout=timeout) as http,
+        httpx2.AsyncClient(verify=tls, timeout=timeout, headers=headers) as http,
         Client(streamable_http_client(url, http_client=http), mode=mode) as client,
     ):
         yield client
@@ -46,8 +51,10 @@ async def connect(url: str, tls: ssl.SSLContext, *, mode: ConnectMode = "auto") 
 
 async def run(args: argparse.Namespace) -> None:
     pki: Path = args.pki
-    tls = client_tls(pki / "ca.pem", pki / f"client-{args.identity}.pem", pki / f"client-{args.identity}-key.pem")
-    async with connect(args.url, tls) as client:
+    cert, key = pki / f"client-{args.identity}.pem", pki / f"client-{args.identity}-key.pem"
+    tls = client_tls(pki / "ca.pem", cert, key) if cert.exists() else client_tls(pki / "ca.pem", None, None)
+    headers = {"authorization": f"Bearer {args.token}"} if args.token else None
+    async with connect(args.url, tls, headers=headers) as client:
         tools = await client.list_tools()
         print("tools you may call:", ", ".join(tool.name for tool in tools.tools))
         arguments: dict[str, Any] = json.loads(args.arguments)
@@ -62,12 +69,13 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Call an MCP tool over mutual TLS.")
+    parser = argparse.ArgumentParser(description="Call an MCP tool over TLS 1.3.")
     parser.add_argument("tool", nargs="?", default="whoami")
     parser.add_argument("arguments", nargs="?", default="{}", help="tool arguments as a JSON object")
     parser.add_argument("--url", default="https://localhost:8443/mcp")
     parser.add_argument("--identity", default="reader", help="client certificate from the dev PKI")
     parser.add_argument("--pki", type=Path, default=Path(".dev-pki"))
+    parser.add_argument("--token", default=os.environ.get("MCP_ACCESS_TOKEN"), help="bearer access token")
     anyio.run(run, parser.parse_args())
 
 

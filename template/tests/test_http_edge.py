@@ -11,8 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import PKI, RunningServer, start_server, stop_server
-from dev_pki import CLIENTS
+from conftest import PKI, PRINCIPAL_IDS, RunningServer, start_server, stop_server
 
 MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 SECURITY_HEADERS = {
@@ -37,7 +36,7 @@ def http(server: RunningServer) -> Iterator[httpx2.Client]:
 def test_tool_call_over_plain_json_rpc(http: httpx2.Client) -> None:
     response = http.post("/mcp", headers=MCP_HEADERS, json=call("whoami"))
     assert response.status_code == 200
-    assert response.json()["result"]["structuredContent"]["id"] == CLIENTS["reader"]
+    assert response.json()["result"]["structuredContent"]["id"] == PRINCIPAL_IDS["reader"]
 
 
 @pytest.mark.parametrize("path", ["/mcp", "/does-not-exist"])
@@ -62,7 +61,7 @@ def test_foreign_origin_is_refused_and_audited(server: RunningServer, http: http
     assert response.status_code == 403
     (event,) = server.audit_events(event="request_rejected", http_request_id="origin-check")
     assert event["status"] == 403
-    assert event["principal"] == CLIENTS["reader"]
+    assert event["principal"] == PRINCIPAL_IDS["reader"]
     assert event["client_ip"] == "127.0.0.1"
 
 
@@ -152,4 +151,4 @@ def test_rate_limit_per_principal_gives_429_with_retry_after(limited_server: Run
     assert limited.json()["error"]["message"].startswith("Rate limit exceeded")
     assert other_principal.status_code == 200, "one principal's budget must not limit another"
     (event,) = limited_server.audit_events(event="rate_limited")
-    assert event["principal"] == CLIENTS["reader"]
+    assert event["principal"] == PRINCIPAL_IDS["reader"]

@@ -1,7 +1,10 @@
 """Per-tool authorization from a TOML policy file. Default deny.
 
 A caller may use a tool when one ``[[allow]]`` rule matches one of the caller's names and
-the tool's name. Patterns are shell-style (``*``, ``?``, ``[...]``); ``*`` also crosses ``/``.
+the tool's name, and the caller's access token carries every scope the rule lists (a rule
+without ``scopes`` needs none; a caller known by certificate alone has none). Patterns are
+shell-style (``*``, ``?``, ``[...]``); ``*`` also crosses ``/``. When only scopes are
+missing, the decision names them, so an OAuth client can ask for them (step-up).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import fnmatch
 import re
 import tomllib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from .identity import Principal
 
 Pattern = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
+# RFC 6749 section 3.3 scope-token characters.
+Scope = Annotated[str, StringConstraints(pattern=r"^[\x21\x23-\x5b\x5d-\x7e]+$")]
 _CACHE_LIMIT = 10_000
 
 
@@ -31,6 +37,7 @@ class Rule(BaseModel):
     description: str = ""
     principals: list[Pattern] = Field(min_length=1)
     tools: list[Pattern] = Field(min_length=1)
+    scopes: list[Scope] = Field(default_factory=list)
 
 
 class PolicyDocument(BaseModel):
@@ -43,11 +50,24 @@ def _compile(patterns: Iterable[str]) -> re.Pattern[str]:
     return re.compile("|".join(fnmatch.translate(pattern) for pattern in patterns))
 
 
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    # When not allowed only for want of scopes: the scopes one matching rule needs.
+    missing_scopes: tuple[str, ...] = ()
+
+
+ALLOW, DENY = Decision(allowed=True), Decision(allowed=False)
+
+
 class Policy:
     def __init__(self, document: PolicyDocument) -> None:
-        self.rules = [(_compile(rule.principals), _compile(rule.tools)) for rule in document.allow]
+        self.rules = [
+            (_compile(rule.principals), _compile(rule.tools), frozenset(rule.scopes)) for rule in document.allow
+        ]
         self._tool_patterns = [pattern for rule in document.allow for pattern in rule.tools]
-        self._decisions: dict[tuple[tuple[str, ...], str], bool] = {}
+        self.scopes = sorted({scope for rule in document.allow for scope in rule.scopes})
+        self._decisions: dict[tuple[tuple[str, ...], frozenset[str], str], Decision] = {}
 
     @classmethod
     def load(cls, path: Path) -> Policy:
@@ -64,19 +84,32 @@ class Policy:
             raise PolicyError(f"{path}: {where}: {error['msg']}") from None
 
     def allows(self, principal: Principal | None, tool: str) -> bool:
+        return self.decide(principal, tool).allowed
+
+    def decide(self, principal: Principal | None, tool: str) -> Decision:
         if principal is None:
-            return False
-        key = (principal.names, tool)
+            return DENY
+        key = (principal.names, principal.scopes, tool)
         decision = self._decisions.get(key)
         if decision is None:
-            decision = any(
-                tools.fullmatch(tool) and any(principals.fullmatch(name) for name in principal.names)
-                for principals, tools in self.rules
-            )
+            decision = self._decide(principal.names, principal.scopes, tool)
             if len(self._decisions) >= _CACHE_LIMIT:
                 self._decisions.clear()
             self._decisions[key] = decision
         return decision
+
+    def _decide(self, names: tuple[str, ...], granted: frozenset[str], tool: str) -> Decision:
+        fewest_missing: frozenset[str] | None = None
+        for principals, tools, scopes in self.rules:
+            if tools.fullmatch(tool) and any(principals.fullmatch(name) for name in names):
+                if scopes <= granted:
+                    return ALLOW
+                missing = scopes - granted
+                if fewest_missing is None or len(missing) < len(fewest_missing):
+                    fewest_missing = missing
+        if fewest_missing is None:
+            return DENY
+        return Decision(allowed=False, missing_scopes=tuple(sorted(fewest_missing)))
 
     def unmatched_patterns(self, tool_names: Iterable[str]) -> list[str]:
         """Tool patterns in the policy that match no registered tool: usually a typo."""

@@ -28,19 +28,21 @@ class TLSConfigError(Exception):
 class TLSFiles:
     cert: Path
     key: Path
-    client_ca: Path
+    client_ca: Path | None  # None: clients present no certificate (they authenticate otherwise)
 
     def stamp(self) -> tuple[tuple[int, int, int], ...]:
         """What changes when any file is replaced, including by a symlink swap."""
-        stats = (os.stat(path) for path in (self.cert, self.key, self.client_ca))
+        paths = (self.cert, self.key) if self.client_ca is None else (self.cert, self.key, self.client_ca)
+        stats = (os.stat(path) for path in paths)
         return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
 
 
 def build_context(files: TLSFiles) -> ssl.SSLContext:
-    """A server context that speaks only TLS 1.3 and requires a client certificate from the CA."""
+    """A server context that speaks only TLS 1.3 and, given a client CA, requires a client
+    certificate from it."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.verify_mode = ssl.CERT_REQUIRED
+    context.verify_mode = ssl.CERT_NONE if files.client_ca is None else ssl.CERT_REQUIRED
     # No session tickets: every connection proves its certificate against the current CA.
     context.num_tickets = 0
     context.set_alpn_protocols(["http/1.1"])
@@ -48,6 +50,8 @@ def build_context(files: TLSFiles) -> ssl.SSLContext:
         context.load_cert_chain(certfile=files.cert, keyfile=files.key)
     except (OSError, ssl.SSLError) as exc:
         raise TLSConfigError(f"cannot load certificate {files.cert} with key {files.key}: {exc}") from exc
+    if files.client_ca is None:
+        return context
     try:
         context.load_verify_locations(cafile=files.client_ca)
     except (OSError, ssl.SSLError) as exc:

@@ -3,6 +3,8 @@
 It runs inside the SDK for every JSON-RPC message, after the transport checks and before
 the tool: ``tools/call`` of a tool the caller may not use is refused with the same error as
 an unknown tool (no probing for names), and ``tools/list`` shows only permitted tools.
+A call refused only for want of token scopes leaves the scopes it needs in the request
+state, where the OAuth layer (if any) turns the answer into 403 ``insufficient_scope``.
 """
 
 from __future__ import annotations
@@ -46,14 +48,17 @@ class ToolGuard:
         state = scope.setdefault("state", {})
         state["audited"] = True  # the HTTP edge need not audit this request again
         event: dict[str, object] = {
-            "principal": principal.id if principal else None,
-            "authenticated_by": principal.authenticated_by if principal else None,
+            **(principal.audit_fields() if principal else {"principal": None}),
             "tool": tool[:_TOOL_NAME_LIMIT],
             "request_id": ctx.request_id,
             "http_request_id": state.get("request_id"),
             "client_ip": client_ip(scope),
         }
-        if not self.policy.allows(principal, tool):
+        decision = self.policy.decide(principal, tool)
+        if not decision.allowed:
+            if decision.missing_scopes:
+                state["insufficient_scope"] = decision.missing_scopes
+                event["missing_scopes"] = list(decision.missing_scopes)
             self.audit.record("tool_call", decision="deny", **event)
             label = await self._metric_label(tool, refresh=False)
             self.metrics.record_tool_call(label, "deny", "denied")
