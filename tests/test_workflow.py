@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import socket
@@ -10,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import UV, project_venv, render, run_in
 from support.wait_ready import wait_ready
 
@@ -36,9 +39,10 @@ def make(project: Path, *targets: str, env: dict[str, str] | None = None) -> sub
     )
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    project = render(tmp_path_factory.mktemp("workflow") / "project")
+@pytest.fixture(scope="module", params=["mtls", "oauth", "mtls+oauth"])
+def installed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project per auth mode, set up with the commands its README gives."""
+    project = render(tmp_path_factory.mktemp("workflow") / "project", {"auth_mode": request.param})
     for target in ("install", "certs"):
         result = make(project, target)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -46,17 +50,24 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dev_server(installed: Path) -> Iterator[tuple[Path, int]]:
-    port, ops_port = free_port(), free_port()
+def dev_server(installed: Path) -> Iterator[tuple[Path, list[str]]]:
+    """``make dev`` on free ports; yields the project and the make variables that reach it."""
+    port, ops_port, issuer_port = free_port(), free_port(), free_port()
     env = {**os.environ, f"{PREFIX}PORT": str(port), f"{PREFIX}OPS_PORT": str(ops_port)}
+    variables = [f"URL=https://localhost:{port}/mcp", f"ISSUER_PORT={issuer_port}"]
     log = installed / "dev.log"
     with log.open("w") as sink:
         server = subprocess.Popen(
-            ["make", "dev", f"UV={UV}"], cwd=installed, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+            ["make", "dev", f"UV={UV}", *variables],
+            cwd=installed,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         wait_ready(f"http://127.0.0.1:{ops_port}/readyz", log, timeout=120)
-        yield installed, port
+        yield installed, variables
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -70,19 +81,36 @@ def test_install_writes_a_lock_file_and_keeps_keys_out_of_git(installed: Path) -
     assert "-key.pem" not in status.stdout
 
 
-def test_make_client_calls_the_dev_server_over_mtls(dev_server: tuple[Path, int]) -> None:
-    project, port = dev_server
-    url = f"URL=https://localhost:{port}/mcp"
-    reader = make(project, "client", url)
-    operator = make(project, "client", url, "IDENTITY=operator", "TOOL=revoke_session", 'ARGS={"session_id":"sess_12345678"}')
-    denied = make(project, "client", url, "TOOL=revoke_session", 'ARGS={"session_id":"sess_12345678"}')
+def test_make_client_calls_the_dev_server(dev_server: tuple[Path, list[str]]) -> None:
+    project, variables = dev_server
+    mode = yaml.safe_load((project / ".copier-answers.yml").read_text())["auth_mode"]
+    revoke = ["TOOL=revoke_session", 'ARGS={"session_id":"sess_12345678"}']
+    reader = make(project, "client", *variables)
+    operator = make(project, "client", *variables, "IDENTITY=operator", *revoke)
+    denied = make(project, "client", *variables, *revoke)
     assert reader.returncode == 0, reader.stdout + reader.stderr
-    assert "spiffe://mcp.example.com/client/reader" in reader.stdout
     assert "tools you may call: whoami, search_runbooks\n" in reader.stdout
+    assert ("spiffe://mcp.example.com/client/reader" if "mtls" in mode else '"sub:reader"') in reader.stdout
+    assert f'"authenticated_by": "{mode}"' in reader.stdout
     assert operator.returncode == 0, operator.stdout + operator.stderr
     assert '"revoked": true' in operator.stdout
     assert denied.returncode != 0
-    assert "revoke_session refused: Unknown tool or not permitted" in denied.stdout + denied.stderr
+    # A token-only caller is told which scope it lacks (HTTP 403); otherwise the tool is refused as unknown.
+    refusal = "Server returned an error response" if mode == "oauth" else "Unknown tool or not permitted"
+    assert f"revoke_session refused: {refusal}" in denied.stdout + denied.stderr
+
+
+def test_make_token_prints_a_short_lived_token_for_the_dev_issuer(installed: Path) -> None:
+    if "oauth" not in (installed / ".copier-answers.yml").read_text():
+        assert "token:" not in (installed / "Makefile").read_text()
+        return
+    result = make(installed, "token", "IDENTITY=operator", "ISSUER_PORT=9999")
+    assert result.returncode == 0, result.stdout + result.stderr
+    claims = json.loads(base64.urlsafe_b64decode(result.stdout.strip().split(".")[1] + "=="))
+    assert claims["iss"] == "https://localhost:9999"
+    assert claims["sub"] == "operator"
+    assert "sessions:revoke" in claims["scope"].split()
+    assert claims["exp"] - claims["iat"] <= 300
 
 
 def test_benchmark_prints_the_comparison_table(installed: Path) -> None:
