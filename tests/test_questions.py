@@ -42,11 +42,16 @@ def test_defaults_derive_names_from_the_project_name(tmp_path: Path) -> None:
         ({"k8s_namespace": "-payments"}, "k8s_namespace must be a DNS label"),
         ({"rate_limit_per_minute": 0}, "rate_limit_per_minute must be a whole number from 1 to 1000000"),
         ({"architecture": "mesh-of-meshes"}, r"'mesh-of-meshes' is not in \['standalone'\]"),
-        ({"auth_mode": "basic"}, r"'basic' is not in \['mtls'\]"),
+        ({"auth_mode": "basic"}, r"'basic' is not in \['mtls', 'oauth', 'mtls\+oauth'\]"),
+        ({"auth_mode": "oauth", "oauth_issuer_url": "http://idp.example.com"}, "oauth_issuer_url must be an https:// URL"),
+        ({"auth_mode": "oauth", "oauth_resource_url": "https://mcp.example.com/mcp?x=1"}, "oauth_resource_url must be"),
+        ({"auth_mode": "oauth", "oauth_required_scopes": "mcp:access"}, "oauth_required_scopes must be a list"),
+        ({"auth_mode": "oauth", "oauth_required_scopes": ["a b"]}, '"a b" is not a scope name'),
+        ({"package_name": "dev_issuer"}, "would shadow a module the server imports"),
         ({"python_version": "3.10"}, r"'3.10' is not in \['3.12', '3.13'\]"),
         ({"compliance": ["soc3"]}, "'soc3' is not in"),
     ],
-    ids=lambda value: next(iter(value)) if isinstance(value, dict) else "",
+    ids=lambda value: next(iter(reversed(value))) if isinstance(value, dict) else "",
 )
 def test_wrong_answer_is_refused_and_nothing_is_written(tmp_path: Path, answers: dict[str, Any], message: str) -> None:
     destination = tmp_path / "out"

@@ -55,7 +55,25 @@ def test_answers_reach_the_code(rendered: tuple[Path, dict[str, Any]]) -> None:
     assert f'"{answers["domain"]}",' in settings
     assert (project / ".python-version").read_text().strip() == answers["python_version"]
     policy = (project / "config" / "policy.toml").read_text()
-    assert f"spiffe://{answers['domain']}/client/operator" in policy
+    if "mtls" in answers["auth_mode"]:
+        assert f"spiffe://{answers['domain']}/client/operator" in policy
+    if "oauth" in answers["auth_mode"]:
+        assert 'scopes = ["sessions:revoke"]' in policy
+        assert f'oauth_resource_url: str = "https://{answers["domain"]}/mcp"' in settings
+
+
+def test_each_auth_mode_gets_only_its_own_code(tmp_path: Path) -> None:
+    """An answer's effect stays in its own files: no OAuth code in an mTLS project, no
+    client CA in a token-only one."""
+    for mode in ("mtls", "oauth", "mtls+oauth"):
+        project = render(tmp_path / mode, {"auth_mode": mode})
+        package = project / "src" / "acme_mcp_server"
+        sources = "\n".join(path.read_text() for path in package.rglob("*.py"))
+        assert ((package / "security" / "oauth.py").exists()) == ("oauth" in mode)
+        assert ("tls_client_ca_file" in sources) == ("mtls" in mode)
+        assert (project / "scripts" / "dev_issuer.py").exists() == ("oauth" in mode)
+        assert (project / "tests" / "test_client_certificates.py").exists() == ("mtls" in mode)
+        assert ("pyjwt" in (project / "pyproject.toml").read_text()) == ("oauth" in mode)
 
 
 def test_compliance_matrix_lists_exactly_the_chosen_frameworks(tmp_path: Path) -> None:
@@ -78,8 +96,11 @@ def test_untrusted_copy_gives_the_same_project(tmp_path: Path) -> None:
     """Tasks are a convenience: without --trust (tasks skipped) the tree is the same, minus git."""
     trusted = render(tmp_path / "trusted", trust=True)
     untrusted = render(tmp_path / "untrusted", trust=False, skip_tasks=True)
-    tree = {p.relative_to(trusted): p.read_bytes() for p in files(trusted)}
-    assert tree == {p.relative_to(untrusted): p.read_bytes() for p in files(untrusted)}
+    def tree(root: Path) -> dict[Path, bytes]:
+        # A dirty template checkout is committed afresh for each copy: _commit may differ.
+        return {p.relative_to(root): re.sub(rb"_commit: .*\n", b"", p.read_bytes()) for p in files(root)}
+
+    assert tree(trusted) == tree(untrusted)
     assert (trusted / ".git").is_dir()
     assert not (untrusted / ".git").exists()
     branch = subprocess.run(["git", "-C", str(trusted), "symbolic-ref", "--short", "HEAD"], capture_output=True, text=True)
