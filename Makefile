@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-out
 # pytest-xdist workers for `make test`; the generated projects' suites run in parallel.
 WORKERS ?= 2
+# `make bench` measures each of these auth modes.
+AUTH_MODES ?= mtls oauth mtls+oauth
 
 .PHONY: help demo demo-stop test bench clean
 
@@ -41,9 +43,10 @@ demo-stop: ## stop the demo server
 test: $(STAMP) ## the template's whole test suite (renders, generated tests, linters)
 	$(BIN)/pytest -n $(WORKERS) --dist loadgroup
 
-bench: $(STAMP) ## render the default project and run its benchmark (bare SDK vs secure stack)
-	$(BIN)/copier copy --trust --defaults --overwrite --vcs-ref=HEAD --quiet . .cache/bench-project
-	$(MAKE) -C .cache/bench-project bench UV=$(UV)
+bench: $(STAMP) ## render a project per auth mode and run its benchmark (bare SDK vs secure stack)
+	for mode in $(AUTH_MODES); do \
+		$(BIN)/copier copy --trust --defaults --overwrite --vcs-ref=HEAD --quiet -d auth_mode=$$mode . .cache/bench-$$mode && \
+		$(MAKE) -C .cache/bench-$$mode bench UV=$(UV) || exit 1; done
 
 clean: demo-stop ## remove the venv, caches and the demo project
 	rm -rf $(VENV) .cache $(DEMO_DIR) .pytest_cache
