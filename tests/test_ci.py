@@ -289,7 +289,7 @@ def git(project: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=project, check=True, capture_output=True)
 
 
-def test_pre_commit_passes_on_a_fresh_render_and_blocks_a_secret(project: tuple[Path, str], tmp_path: Path) -> None:
+def test_pre_commit_and_gate_targets_pass_on_a_fresh_render(project: tuple[Path, str], tmp_path: Path) -> None:
     path, _ = project
     env = {
         **os.environ,
@@ -322,6 +322,12 @@ def test_pre_commit_passes_on_a_fresh_render_and_blocks_a_secret(project: tuple[
         git(path, "add", "-A")
     assert blocked.returncode != 0
     assert re.search(r"detect-secrets.*Failed", blocked.stdout), blocked.stdout[-3000:]
+    # The make targets CI calls work the same way (semgrep from its Makefile pin, in uv's cache).
+    make = subprocess.run(
+        ["make", "--no-print-directory", "lint", "workflows", "secrets", "sast", f"UV={UV}"],
+        cwd=path, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert make.returncode == 0, make.stdout[-6000:] + make.stderr[-3000:]
 
 
 def test_coverage_gate_passes_with_its_threshold(project: tuple[Path, str]) -> None:
