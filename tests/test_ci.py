@@ -330,19 +330,8 @@ def test_pre_commit_and_gate_targets_pass_on_a_fresh_render(project: tuple[Path,
     assert make.returncode == 0, make.stdout[-6000:] + make.stderr[-3000:]
 
 
-def test_coverage_gate_passes_with_its_threshold(project: tuple[Path, str]) -> None:
-    path, provider = project
-    if provider != "github":
-        pytest.skip("one measured render is enough: the tests and the threshold do not depend on ci_provider")
+def test_coverage_follows_the_server_subprocess(project: tuple[Path, str]) -> None:
+    path, _ = project
     config = tomllib.loads((path / "pyproject.toml").read_text())["tool"]["coverage"]
     assert config["run"]["patch"] == ["subprocess"]
-    threshold = config["report"]["fail_under"]
-    assert threshold >= 90
-    venv = project_venv(path)
-    for command in (("coverage", "erase"), ("coverage", "run", "-m", "pytest", "-q", "-p", "no:cacheprovider"),
-                    ("coverage", "combine", "--quiet"), ("coverage", "report", "--format=total")):
-        result = run_in(path, venv, *command)
-        assert result.returncode == 0, " ".join(command) + "\n" + result.stdout[-4000:] + result.stderr[-2000:]
-    total = int(result.stdout.strip())
-    # The server runs as a subprocess in most tests: without subprocess measurement this drops far below.
-    assert total >= threshold + 3, f"measured {total}%, threshold {threshold}%: keep a margin"
+    assert config["report"]["fail_under"] >= 90  # measured against the threshold in tests/test_generated.py
