@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ import pytest
 import yaml
 from conftest import CUSTOM, ROOT, UV, combo_id, covering, project_venv, python_for, render, run_in, tool_venv
 
-BIN = Path(sys.executable).parent
 PROJECTS = [
     pytest.param({**CUSTOM, **answers}, id=combo_id(answers), marks=pytest.mark.xdist_group(f"ci-{combo_id(answers)}"))
     for answers in covering("ci_provider")
@@ -118,13 +116,10 @@ def pipeline_text(project: Path, provider: str) -> str:
     return "\n".join(path.read_text() for path in files)
 
 
-def schema_check(schema: str, *files: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "check-jsonschema"), "--builtin-schema", schema, *map(str, files)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def schema_check(project: Path, schema: str, *files: Path) -> subprocess.CompletedProcess[str]:
+    """check-jsonschema at the version the project pins, with a schema it vendors (no network)."""
+    venv = project_venv(project, groups=("gates",), runtime=False)
+    return run_in(project, venv, "check-jsonschema", "--builtin-schema", schema, *map(str, files))
 
 
 def test_only_the_chosen_providers_files_are_generated(project: tuple[Path, str]) -> None:
@@ -148,14 +143,19 @@ def test_pipeline_files_match_their_published_schemas(project: tuple[Path, str])
     else:
         checks = [("vendor.gitlab-ci", path / ".gitlab-ci.yml"), ("vendor.renovate", path / "renovate.json")]
     for schema, *files in checks:
-        result = schema_check(schema, *files)
+        result = schema_check(path, schema, *files)
         assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_schema_check_fails_on_a_broken_pipeline(tmp_path: Path) -> None:
-    broken = tmp_path / ".gitlab-ci.yml"
-    broken.write_text("lint:\n  stage: lint\n  script: make lint\n  allow_failure: sometimes\n")
-    assert schema_check("vendor.gitlab-ci", broken).returncode != 0
+def test_schema_check_fails_on_a_broken_pipeline(project: tuple[Path, str], tmp_path: Path) -> None:
+    path, provider = project
+    broken = tmp_path / "broken.yml"
+    if provider == "github":
+        broken.write_text("on: push\njobs:\n  x:\n    runs-on: ubuntu-24.04\n    steps: {run: make lint}\n")
+        assert schema_check(path, "vendor.github-workflows", broken).returncode != 0
+    else:
+        broken.write_text("lint:\n  stage: lint\n  script: make lint\n  allow_failure: sometimes\n")
+        assert schema_check(path, "vendor.gitlab-ci", broken).returncode != 0
 
 
 def test_every_gate_is_present_and_blocking(project: tuple[Path, str]) -> None:
