@@ -26,7 +26,7 @@ PROJECTS = [
 SHA_PIN = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+$")
 # The write scopes each job may hold, and why: everything else is read-only or absent.
 WRITE_SCOPES = {
-    ("ci.yml", "image"): {"id-token", "attestations", "packages"},  # keyless signing, provenance, push
+    ("ci.yml", "publish"): {"id-token", "attestations", "packages"},  # keyless signing, provenance, push
     ("codeql.yml", "analyze"): {"security-events"},  # upload code scanning results
     ("scorecard.yml", "analysis"): {"security-events", "id-token"},  # upload SARIF, publish results
 }
@@ -169,8 +169,13 @@ def test_every_gate_is_present_and_blocking(project: tuple[Path, str]) -> None:
     assert tolerated_failures(documents) == []
     if provider == "github":
         jobs = workflows(path)["ci.yml"]["jobs"]
-        # The image is only built, signed and pushed when every gate before it has passed.
+        # The image is only built when every gate before it has passed, and only the scanned
+        # build is published, from main and v* tags alone.
         assert set(jobs["image"]["needs"]) == {"lint", "test", "sast", "secrets", "dependencies", "iac"}
+        assert jobs["image"]["permissions"] == {"contents": "read"}
+        assert jobs["publish"]["needs"] == ["image"]
+        assert "pull_request" not in jobs["publish"]["if"]
+        assert "refs/heads/main" in jobs["publish"]["if"] and "refs/tags/v" in jobs["publish"]["if"]
         assert jobs["dependency-review"]["steps"][0]["with"]["fail-on-severity"] == "low"
         codeql = workflows(path)["codeql.yml"]["jobs"]["analyze"]
         assert set(codeql["strategy"]["matrix"]["language"]) == {"python", "actions"}
@@ -271,7 +276,7 @@ def test_actionlint_and_zizmor_are_clean_and_catch_a_planted_defect(project: tup
     if provider != "github":
         pytest.skip("GitHub Actions only")
     venv = project_venv(path, groups=("gates",), runtime=False)
-    for command in (("actionlint",), ("zizmor", "--offline", ".github")):
+    for command in (("actionlint",), ("zizmor", "--offline", "--persona", "auditor", ".github")):
         result = run_in(path, venv, *command)
         assert result.returncode == 0, result.stdout + result.stderr
     # The same tools fail on a workflow that leaks its token and runs on an unpinned action.
@@ -287,6 +292,18 @@ def test_actionlint_and_zizmor_are_clean_and_catch_a_planted_defect(project: tup
     assert zizmor.returncode != 0
     assert "dangerous-triggers" in zizmor.stdout + zizmor.stderr
     assert "unpinned-uses" in zizmor.stdout + zizmor.stderr
+
+
+def test_workflows_for_another_registry_pass_zizmors_strictest_persona(tmp_path: Path) -> None:
+    """A registry other than ghcr.io takes its credentials from secrets: they stay in the release environment."""
+    path = render(tmp_path / "project", {"container_registry": "registry.example.com/payments/mcp"})
+    venv = project_venv(path, groups=("gates",), runtime=False)
+    for command in (("actionlint",), ("zizmor", "--offline", "--persona", "auditor", ".github")):
+        result = run_in(path, venv, *command)
+        assert result.returncode == 0, result.stdout + result.stderr
+    publish = workflows(path)["ci.yml"]["jobs"]["publish"]
+    assert publish["environment"] == "release"
+    assert "packages" not in publish["permissions"]
 
 
 def makefile_pin(project: Path, name: str) -> str:
