@@ -123,11 +123,23 @@ def project_venv(project: Path, *, groups: tuple[str, ...] = ("dev",), runtime: 
     dependency groups, shared by every project that pins the same versions and cached in
     .cache/venvs across sessions. The versions come from the rendered pyproject alone."""
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
-    version = (project / ".python-version").read_text().strip()
-    interpreter = python_for(project, version)
     pins = (pyproject["project"]["dependencies"] if runtime else []) + [
         pin for group in groups for pin in pyproject["dependency-groups"][group]
     ]
+    source = ["-r", "pyproject.toml"] if runtime else []
+    group_flags = [flag for group in groups for flag in ("--group", group)]
+    return cached_venv(project, pins, [*source, *group_flags])
+
+
+def tool_venv(project: Path, *pins: str) -> Path:
+    """A cached venv with just ``pins`` (tools the project pins outside its lock, e.g. semgrep)."""
+    return cached_venv(project, list(pins), list(pins))
+
+
+def cached_venv(project: Path, pins: list[str], install: list[str]) -> Path:
+    """``uv pip install install`` into a venv under the project's Python, keyed by its pins."""
+    version = (project / ".python-version").read_text().strip()
+    interpreter = python_for(project, version)
     key = hashlib.sha256("\n".join([interpreter, *sorted(pins)]).encode()).hexdigest()[:16]
     venv = CACHE / "venvs" / key
     with locked(CACHE / "venvs" / f"{key}.lock"):
@@ -135,10 +147,8 @@ def project_venv(project: Path, *, groups: tuple[str, ...] = ("dev",), runtime: 
             shutil.rmtree(venv, ignore_errors=True)
             env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
             subprocess.run([UV, "venv", "--quiet", "--python", interpreter, str(venv)], check=True, env=env)
-            source = ["-r", "pyproject.toml"] if runtime else []
-            group_flags = [flag for group in groups for flag in ("--group", group)]
             subprocess.run(
-                [UV, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), *source, *group_flags],
+                [UV, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), *install],
                 cwd=project,
                 check=True,
                 env=env,
