@@ -23,6 +23,8 @@ PROJECTS = [
     pytest.param({**CUSTOM, **answers}, id=combo_id(answers), marks=pytest.mark.xdist_group(f"ci-{combo_id(answers)}"))
     for answers in covering("ci_provider")
 ]
+# The projects of one provider, for the checks that only apply to its files.
+GITHUB, GITLAB = ([p for p in PROJECTS if p.values[0]["ci_provider"] == name] for name in ("github", "gitlab"))
 SHA_PIN = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+$")
 # The write scopes each job may hold, and why: everything else is read-only or absent.
 WRITE_SCOPES = {
@@ -207,10 +209,9 @@ def test_make_targets_the_pipeline_calls_exist(project: tuple[Path, str]) -> Non
         assert result.returncode == 0, f"make {target}: {result.stderr}"
 
 
+@pytest.mark.parametrize("project", GITHUB, indirect=True)
 def test_github_actions_are_pinned_and_least_privilege(project: tuple[Path, str]) -> None:
-    path, provider = project
-    if provider != "github":
-        pytest.skip("GitHub Actions only")
+    path, _ = project
     shas: dict[str, str] = {}
     for name, workflow in workflows(path).items():
         text = (path / ".github" / "workflows" / name).read_text()
@@ -231,10 +232,9 @@ def test_github_actions_are_pinned_and_least_privilege(project: tuple[Path, str]
                     assert step["with"]["persist-credentials"] is False, f"{name}:{job_name}"
 
 
+@pytest.mark.parametrize("project", GITLAB, indirect=True)
 def test_gitlab_pipeline_structure(project: tuple[Path, str]) -> None:
-    path, provider = project
-    if provider != "gitlab":
-        pytest.skip("GitLab CI only")
+    path, _ = project
     pipeline = load(path / ".gitlab-ci.yml")
     stages = pipeline["stages"]
     assert stages == ["lint", "test", "sast", "secrets", "dependencies", "iac", "image", "smoke"]
@@ -271,10 +271,9 @@ def test_ci_uses_the_uv_the_template_pins(project: tuple[Path, str]) -> None:
     assert f'UV_VERSION: "{template_uv.removeprefix("uv==")}"' in text
 
 
+@pytest.mark.parametrize("project", GITHUB, indirect=True)
 def test_actionlint_and_zizmor_are_clean_and_catch_a_planted_defect(project: tuple[Path, str], tmp_path: Path) -> None:
-    path, provider = project
-    if provider != "github":
-        pytest.skip("GitHub Actions only")
+    path, _ = project
     venv = project_venv(path, groups=("gates",), runtime=False)
     for command in (("actionlint",), ("zizmor", "--offline", "--persona", "auditor", ".github")):
         result = run_in(path, venv, *command)
