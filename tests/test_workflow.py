@@ -96,8 +96,8 @@ def test_make_client_calls_the_dev_server(dev_server: tuple[Path, list[str]]) ->
     assert '"revoked": true' in operator.stdout
     assert denied.returncode != 0
     # A token-only caller is told which scope it lacks (HTTP 403); otherwise the tool is refused as unknown.
-    refusal = "Server returned an error response" if mode == "oauth" else "Unknown tool or not permitted"
-    assert f"revoke_session refused: {refusal}" in denied.stdout + denied.stderr
+    refusal = 'error="insufficient_scope"' if mode == "oauth" else "revoke_session refused: Unknown tool or not permitted"
+    assert refusal in denied.stdout + denied.stderr
 
 
 def test_make_token_prints_a_short_lived_token_for_the_dev_issuer(installed: Path) -> None:

@@ -39,11 +39,24 @@ def client_tls(ca: Path, cert: Path | None, key: Path | None) -> ssl.SSLContext:
 
 @asynccontextmanager
 async def connect(
-    url: str, tls: ssl.SSLContext, *, mode: ConnectMode = "auto", headers: dict[str, str] | None = None
+    url: str,
+    tls: ssl.SSLContext,
+    *,
+    mode: ConnectMode = "auto",
+    headers: dict[str, str] | None = None,
+    challenges: list[str] | None = None,
 ) -> AsyncIterator[Client]:
+    """The SDK client over TLS 1.3. ``challenges`` collects the ``WWW-Authenticate`` headers of
+    401/403 answers, which the SDK does not pass on (they say which token or scope is needed)."""
     timeout = httpx2.Timeout(30.0, read=300.0)
+
+    async def remember_challenge(response: httpx2.Response) -> None:
+        if challenges is not None and response.status_code in (401, 403) and "www-authenticate" in response.headers:
+            challenges.append(response.headers["www-authenticate"])
+
+    hooks = {"response": [remember_challenge]}
     async with (
-        httpx2.AsyncClient(verify=tls, timeout=timeout, headers=headers) as http,
+        httpx2.AsyncClient(verify=tls, timeout=timeout, headers=headers, event_hooks=hooks) as http,
         Client(streamable_http_client(url, http_client=http), mode=mode) as client,
     ):
         yield client
@@ -54,14 +67,16 @@ async def run(args: argparse.Namespace) -> None:
     cert, key = pki / f"client-{args.identity}.pem", pki / f"client-{args.identity}-key.pem"
     tls = client_tls(pki / "ca.pem", cert, key) if cert.exists() else client_tls(pki / "ca.pem", None, None)
     headers = {"authorization": f"Bearer {args.token}"} if args.token else None
-    async with connect(args.url, tls, headers=headers) as client:
+    challenges: list[str] = []
+    async with connect(args.url, tls, headers=headers, challenges=challenges) as client:
         tools = await client.list_tools()
         print("tools you may call:", ", ".join(tool.name for tool in tools.tools))
         arguments: dict[str, Any] = json.loads(args.arguments)
         try:
             result = await client.call_tool(args.tool, arguments)
         except MCPError as exc:
-            raise SystemExit(f"{args.tool} refused: {exc.message}") from None
+            reason = f"{exc.message} ({challenges[-1]})" if challenges else exc.message
+            raise SystemExit(f"{args.tool} refused: {reason}") from None
         payload = result.structured_content or [getattr(item, "text", item) for item in result.content]
         print(f"{args.tool} ->", json.dumps(payload, indent=2, default=str))
         if result.is_error:
