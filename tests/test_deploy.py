@@ -1,5 +1,5 @@
-"""The container image and the Kubernetes manifests: for each auth mode (the other answers
-taking their choices in turn), every overlay builds with kustomize, validates against the
+"""The container image and the Kubernetes manifests: for each cloud (the other answers, auth
+modes included, taking their choices in turn), every overlay builds with kustomize, validates against the
 Kubernetes schemas, and passes checkov and hadolint through the project's own `make iac`; the
 hardening the docs promise is in the built objects; and the gate fails on a planted defect."""
 
@@ -17,7 +17,7 @@ from conftest import CUSTOM, UV, combo_id, covering, render
 
 PROJECTS = [
     pytest.param({**CUSTOM, **answers}, id=combo_id(answers), marks=pytest.mark.xdist_group(f"deploy-{combo_id(answers)}"))
-    for answers in covering("auth_mode")
+    for answers in covering("cloud")
 ]
 # Kinds without a schema in kubernetes-validate (CRDs): checkov scans them; nothing else may lack one.
 CRD_KINDS = {"Certificate", "Issuer"}
@@ -87,6 +87,14 @@ def test_the_workload_is_hardened_as_documented(project: tuple[Path, dict[str, A
     assert set(deny["policyTypes"]) == {"Ingress", "Egress"}
     egress_ports = {port["port"] for rule in objects[("NetworkPolicy", slug)]["spec"]["egress"] for port in rule["ports"]}
     assert (443 in egress_ports) == ("oauth" in answers["auth_mode"]), "JWKS egress only for the OAuth modes"
+    if answers["cloud"] == "on-prem":
+        ingress = objects[("Ingress", slug)]
+        assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/ssl-passthrough"] == "true"
+    else:
+        public = objects[("Service", f"{slug}-public")]["spec"]
+        assert public["type"] == "LoadBalancer"
+        assert public["externalTrafficPolicy"] == "Local", "audit events need the client's address"
+        assert [port["targetPort"] for port in public["ports"]] == ["mcp"], "only the MCP port is exposed"
     certificate = objects[("Certificate", f"{slug}-tls")]["spec"]
     assert certificate["uris"] == [f"spiffe://{answers['domain']}/ns/payments-risk/sa/{slug}"]
 
