@@ -53,7 +53,8 @@ def test_every_overlay_builds_validates_and_passes_the_scanners(project: tuple[P
     path, answers, output = project
     overlays = sorted(p.stem for p in (path / ".iac").glob("*.yaml"))
     assert overlays == sorted(["local", answers["cloud"]])
-    assert output.count("Failed checks: 0") == 2, output[-3000:]  # kubernetes and dockerfile
+    # kubernetes and dockerfile, then the organisation's rules: on their fixture and the manifests
+    assert output.count("Failed checks: 0") == 4, output[-3000:]
     assert "Failed checks: 1" not in output
     without_schema = {line.split(" kind ")[1].split()[0] for line in output.splitlines() if "Couldn't find schema" in line}
     assert without_schema <= CRD_KINDS
@@ -107,6 +108,21 @@ def test_the_gate_fails_on_a_planted_defect(tmp_path: Path) -> None:
     result = make_iac(broken)
     assert result.returncode != 0
     assert "CKV_K8S_22" in result.stdout + result.stderr  # read-only root filesystem
+    # An image from another registry breaks the organisation's rule ORG_K8S_6.
+    kustomization = broken / "deploy" / "k8s" / "base" / "kustomization.yaml"
+    original = kustomization.read_text()
+    kustomization.write_text(original.replace("newName: ghcr.io/example/", "newName: docker.io/example/"))
+    result = make_iac(broken)
+    assert result.returncode != 0
+    assert "ORG_K8S_6" in result.stdout + result.stderr
+    kustomization.write_text(original)
+    # A rule that no longer fails on its violating fixture is caught by make policy.
+    rule = broken / "policy" / "checks" / "run_as_non_root.yaml"
+    rule.write_text(rule.read_text().replace("operator: equals\n  value: true", "operator: exists"))
+    result = make_iac(broken)
+    assert result.returncode != 0
+    assert "ORG_K8S_1 did not fail on policy/fixtures/fail/ORG_K8S_1.yaml" in result.stdout + result.stderr
+    rule.write_text(rule.read_text().replace("operator: exists", "operator: equals\n  value: true"))
     dockerfile = broken / "Dockerfile"
     deployment.write_text(deployment.read_text().replace("readOnlyRootFilesystem: false", "readOnlyRootFilesystem: true"))
     dockerfile.write_text(dockerfile.read_text().replace("USER 10001:10001\n", ""))

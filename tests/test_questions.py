@@ -42,6 +42,7 @@ def test_defaults_derive_names_from_the_project_name(tmp_path: Path) -> None:
         ({"k8s_namespace": "-payments"}, "k8s_namespace must be a DNS label"),
         ({"rate_limit_per_minute": 0}, "rate_limit_per_minute must be a whole number from 1 to 1000000"),
         ({"architecture": "mesh-of-meshes"}, r"'mesh-of-meshes' is not in \['standalone'\]"),
+        ({"cloud": "mars"}, r"'mars' is not in \['on-prem', 'aws', 'gcp', 'azure'\]"),
         ({"auth_mode": "basic"}, r"'basic' is not in \['mtls', 'oauth', 'mtls\+oauth'\]"),
         ({"auth_mode": "oauth", "oauth_issuer_url": "http://idp.example.com"}, "oauth_issuer_url must be an https:// URL"),
         ({"auth_mode": "oauth", "oauth_resource_url": "https://mcp.example.com/mcp?x=1"}, "oauth_resource_url must be"),
