@@ -104,10 +104,12 @@ def test_the_workload_is_hardened_as_documented(project: tuple[Path, dict[str, A
 def test_the_gate_fails_on_a_planted_defect(tmp_path: Path) -> None:
     broken = render(tmp_path / "broken")
     deployment = broken / "deploy" / "k8s" / "base" / "deployment.yaml"
-    deployment.write_text(deployment.read_text().replace("readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false"))
+    hardened = deployment.read_text()
+    deployment.write_text(hardened.replace("readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false"))
     result = make_iac(broken)
     assert result.returncode != 0
     assert "CKV_K8S_22" in result.stdout + result.stderr  # read-only root filesystem
+    deployment.write_text(hardened)
     # An image from another registry breaks the organisation's rule ORG_K8S_6.
     kustomization = broken / "deploy" / "k8s" / "base" / "kustomization.yaml"
     original = kustomization.read_text()
@@ -124,7 +126,6 @@ def test_the_gate_fails_on_a_planted_defect(tmp_path: Path) -> None:
     assert "ORG_K8S_1 did not fail on policy/fixtures/fail/ORG_K8S_1.yaml" in result.stdout + result.stderr
     rule.write_text(rule.read_text().replace("operator: exists", "operator: equals\n  value: true"))
     dockerfile = broken / "Dockerfile"
-    deployment.write_text(deployment.read_text().replace("readOnlyRootFilesystem: false", "readOnlyRootFilesystem: true"))
     dockerfile.write_text(dockerfile.read_text().replace("USER 10001:10001\n", ""))
     result = make_iac(broken)
     assert result.returncode != 0
