@@ -19,8 +19,19 @@ PROJECTS = [
     pytest.param({**CUSTOM, **answers}, id=combo_id(answers), marks=pytest.mark.xdist_group(f"deploy-{combo_id(answers)}"))
     for answers in covering("cloud")
 ]
+# The exact annotations each cloud's load balancer integration reads (a wrong key is silently ignored).
+LOAD_BALANCER_ANNOTATIONS = {
+    "aws": {
+        "service.beta.kubernetes.io/aws-load-balancer-type": "external",
+        "service.beta.kubernetes.io/aws-load-balancer-nlb-target-type": "ip",
+        "service.beta.kubernetes.io/aws-load-balancer-scheme": "internet-facing",
+        "service.beta.kubernetes.io/aws-load-balancer-target-group-attributes": "preserve_client_ip.enabled=true",
+    },
+    "gcp": {"cloud.google.com/l4-rbs": "enabled"},
+    "azure": {"service.beta.kubernetes.io/port_443_health-probe_protocol": "tcp"},
+}
 # Kinds without a schema in kubernetes-validate (CRDs): checkov scans them; nothing else may lack one.
-CRD_KINDS = {"Certificate", "Issuer"}
+CRD_KINDS = {"Certificate", "Issuer", "SecretProviderClass"}
 
 
 def make_iac(project: Path) -> subprocess.CompletedProcess[str]:
@@ -52,7 +63,8 @@ def built(project: Path, overlay: str) -> list[dict[str, Any]]:
 def test_every_overlay_builds_validates_and_passes_the_scanners(project: tuple[Path, dict[str, Any], str]) -> None:
     path, answers, output = project
     overlays = sorted(p.stem for p in (path / ".iac").glob("*.yaml"))
-    assert overlays == sorted(["local", answers["cloud"]])
+    cloud = answers["cloud"]
+    assert overlays == sorted(["local", cloud] + ([] if cloud == "on-prem" else [f"{cloud}-secret-store"]))
     # kubernetes and dockerfile, then the organisation's rules: on their fixture and the manifests
     assert output.count("Failed checks: 0") == 4, output[-3000:]
     assert "Failed checks: 1" not in output
@@ -92,12 +104,94 @@ def test_the_workload_is_hardened_as_documented(project: tuple[Path, dict[str, A
         ingress = objects[("Ingress", slug)]
         assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/ssl-passthrough"] == "true"
     else:
-        public = objects[("Service", f"{slug}-public")]["spec"]
-        assert public["type"] == "LoadBalancer"
-        assert public["externalTrafficPolicy"] == "Local", "audit events need the client's address"
-        assert [port["targetPort"] for port in public["ports"]] == ["mcp"], "only the MCP port is exposed"
+        public = objects[("Service", f"{slug}-public")]
+        assert public["spec"]["type"] == "LoadBalancer"
+        assert public["spec"]["externalTrafficPolicy"] == "Local", "audit events need the client's address"
+        assert [(port["targetPort"], port["protocol"]) for port in public["spec"]["ports"]] == [("mcp", "TCP")], (
+            "only the MCP port, as plain TCP: the load balancer passes TLS through"
+        )
+        assert public["metadata"]["annotations"] == LOAD_BALANCER_ANNOTATIONS[answers["cloud"]]
+    # The server calls no cloud API: no identity on its ServiceAccount, no secret store, in any cloud overlay.
+    account = objects[("ServiceAccount", slug)]
+    assert account["automountServiceAccountToken"] is False
+    assert not account["metadata"].get("annotations")
+    assert not any(kind == "SecretProviderClass" for kind, _ in objects)
+    assert all("csi" not in volume for volume in pod["volumes"])
     certificate = objects[("Certificate", f"{slug}-tls")]["spec"]
     assert certificate["uris"] == [f"spiffe://{answers['domain']}/ns/payments-risk/sa/{slug}"]
+
+
+# What each cloud's secret-store overlay must hand its provider, and the values the user must
+# fill in (never invented): each placeholder must be named in the overlay's README.
+PROVIDERS = {"aws": "aws", "gcp": "gke", "azure": "azure"}
+PLACEHOLDERS = {"aws": set(), "gcp": {"PROJECT_ID"}, "azure": {"CLIENT_ID", "KEY_VAULT_NAME", "TENANT_ID"}}
+
+
+def test_the_secret_store_overlay_mounts_the_clouds_secrets_and_changes_nothing_else(
+    project: tuple[Path, dict[str, Any], str],
+) -> None:
+    path, answers, _ = project
+    cloud = answers["cloud"]
+    if cloud == "on-prem":
+        assert not (path / "deploy" / "k8s" / "overlays" / "on-prem-secret-store").exists()
+        return
+    slug = "payments-risk-gateway"
+    edge = {(o["kind"], o["metadata"]["name"]): o for o in built(path, cloud)}
+    store = {(o["kind"], o["metadata"]["name"]): o for o in built(path, f"{cloud}-secret-store")}
+    # Everything but the Deployment and the SecretProviderClass is the cloud overlay's, unchanged:
+    # the same NetworkPolicies (no new egress), the same ServiceAccount (no token, no identity annotation).
+    assert set(store) - set(edge) == {("SecretProviderClass", slug)}
+    assert {key: o for key, o in store.items() if key[0] not in {"Deployment", "SecretProviderClass"}} == {
+        key: o for key, o in edge.items() if key[0] != "Deployment"
+    }
+    provider_class = store[("SecretProviderClass", slug)]
+    assert provider_class["apiVersion"] == "secrets-store.csi.x-k8s.io/v1"
+    assert provider_class["metadata"]["namespace"] == "payments-risk", "a pod can only use a class of its namespace"
+    spec = provider_class["spec"]
+    assert spec["provider"] == PROVIDERS[cloud]
+    parameters = spec["parameters"]
+    assert all(isinstance(value, str) for value in parameters.values()), "CSI parameters are strings"
+    if cloud == "aws":
+        assert parameters["usePodIdentity"] == "true"
+        objects = yaml.safe_load(parameters["objects"])
+        assert objects == [{"objectName": f"{slug}-tools", "objectType": "secretsmanager", "objectAlias": "tools"}]
+    elif cloud == "gcp":
+        secrets = yaml.safe_load(parameters["secrets"])
+        assert secrets == [{"resourceName": f"projects/PROJECT_ID/secrets/{slug}-tools/versions/latest", "path": "tools"}]
+    else:
+        assert parameters["usePodIdentity"] == "false"
+        assert (parameters["clientID"], parameters["keyvaultName"], parameters["tenantID"]) == (
+            "CLIENT_ID",
+            "KEY_VAULT_NAME",
+            "TENANT_ID",
+        )
+        objects = [yaml.safe_load(item) for item in yaml.safe_load(parameters["objects"])["array"]]
+        assert objects == [{"objectName": f"{slug}-tools", "objectType": "secret", "objectAlias": "tools"}]
+    overlays = path / "deploy" / "k8s" / "overlays"
+    readme = (overlays / cloud / "README.md").read_text()
+    rendered = (overlays / f"{cloud}-secret-store" / "secretproviderclass.yaml").read_text()
+    for placeholder in PLACEHOLDERS[cloud]:
+        assert placeholder in rendered
+        assert f"`{placeholder}`" in readme, f"{placeholder} is a required edit the README must name"
+    assert f"`{slug}-tools`" in readme
+    # The pod: one read-only CSI volume more, mounted read-only; the rest of the hardening as before.
+    pod = store[("Deployment", slug)]["spec"]["template"]["spec"]
+    before = edge[("Deployment", slug)]["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v not in before["volumes"]]
+    assert volume["csi"] == {
+        "driver": "secrets-store.csi.k8s.io",
+        "readOnly": True,
+        "volumeAttributes": {"secretProviderClass": slug},
+    }
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m not in before["containers"][0]["volumeMounts"]]
+    assert mount == {"name": volume["name"], "mountPath": "/etc/mcp/secrets", "readOnly": True}
+    assert {key: value for key, value in pod.items() if key not in {"volumes", "containers"}} == {
+        key: value for key, value in before.items() if key not in {"volumes", "containers"}
+    }, "no label, token or security setting changes with the secret store"
+    assert container["securityContext"] == before["containers"][0]["securityContext"]
+    template_metadata = [objects[("Deployment", slug)]["spec"]["template"]["metadata"] for objects in (store, edge)]
+    assert template_metadata[0] == template_metadata[1], "no workload identity label on the pod"
 
 
 @pytest.mark.xdist_group("deploy-defects")
