@@ -111,3 +111,35 @@ def test_untrusted_copy_gives_the_same_project(tmp_path: Path) -> None:
     assert not (untrusted / ".git").exists()
     branch = subprocess.run(["git", "-C", str(trusted), "symbolic-ref", "--short", "HEAD"], capture_output=True, text=True)
     assert branch.stdout.strip() == "main"
+
+
+# Tools whose pins docs/gates.md must state: every gate scanner, and the dev tools that are gates.
+GATE_TOOLS_IN_DEV = {"ruff", "mypy", "bandit", "pytest", "coverage", "detect-secrets", "pre-commit"}
+PIN = re.compile(r"([A-Za-z][A-Za-z0-9_.-]*)==([0-9][0-9A-Za-z.]*)")
+
+
+def test_gates_doc_states_exactly_the_pinned_versions(rendered: tuple[Path, dict[str, Any]]) -> None:
+    """docs/gates.md restates versions for auditors; pyproject.toml and the Makefile are the
+    sources of truth, so any version the page names must be theirs, and every gate tool is named."""
+    project, _ = rendered
+    doc = (project / "docs" / "gates.md").read_text()
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    groups = pyproject["dependency-groups"]
+    pins: dict[str, str] = {}
+    for requirement in [*pyproject["project"]["dependencies"], *(pin for group in groups.values() for pin in group)]:
+        name, version = PIN.match(requirement.split(";")[0].replace("[crypto]", "")).groups()  # type: ignore[union-attr]
+        pins[name] = version
+    makefile = dict(re.findall(r"^(\w+_VERSION) := (\S+)$", (project / "Makefile").read_text(), re.MULTILINE))
+    pins |= {"semgrep": makefile["SEMGREP_VERSION"], "checkov": makefile["CHECKOV_VERSION"]}
+    stated = PIN.findall(doc)
+    assert stated
+    assert {name: version for name, version in stated if pins.get(name) != version} == {}
+    required = {PIN.match(pin).group(1) for pin in groups["gates"]} | GATE_TOOLS_IN_DEV | {"semgrep", "checkov"}  # type: ignore[union-attr]
+    assert required - {name for name, _ in stated} == set()
+    assert f"-k {makefile['K8S_VERSION']} " in doc
+    assert f"gitleaks/v8@{makefile['GITLEAKS_VERSION']} " in doc
+    assert f"cert-manager {makefile['CERT_MANAGER_VERSION']} " in doc
+    for linked in ("ci.md", "deployment.md"):
+        assert f"]({linked}" in doc
+    assert "](docs/gates.md)" in (project / "README.md").read_text()
+    assert "](gates.md)" in (project / "docs" / "deployment.md").read_text()
