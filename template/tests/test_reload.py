@@ -18,7 +18,7 @@ from conftest import (
     start_server,
     stop_server,
 )
-from dev_pki import SERVER_DNS, SERVER_ID, Issued, issue
+from dev_pki import Issued, issue_server
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def reloads(server: RunningServer) -> float:
 
 
 def rotate_server_certificate(pki: PKI) -> Issued:
-    fresh = issue(pki.ca, "server", uris=(SERVER_ID,), dns=SERVER_DNS, ips=("127.0.0.1",), client=False)
+    fresh = issue_server(pki.ca)
     replace_atomically(pki.directory / "server-key.pem", fresh.key_pem())
     replace_atomically(pki.directory / "server.pem", fresh.cert_pem())
     return fresh

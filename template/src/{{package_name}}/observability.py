@@ -112,10 +112,12 @@ def configure_logging(level: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "mcp"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # The SDK's stateless transport logs every request at INFO; the audit log already has one
-    # line per tool call, so keep that chatter for DEBUG.
+    # The SDK's stateless transport logs every request at INFO, and httpx2 every outgoing one
+    # (key fetches, calls to other servers); the audit log already has one line per tool call,
+    # and callers log failures themselves, so keep that chatter for DEBUG.
     if logging.getLevelName(level) > logging.DEBUG:
         logging.getLogger("mcp.server.streamable_http").setLevel(logging.WARNING)
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
 
 
 def _drop_color_message(_: object, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:

@@ -18,7 +18,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult, ListToolsResult
 
 from ..observability import Metrics
-from .audit import AuditLog
+from .audit import AuditLog, trace_id
 from .identity import Principal, client_ip, principal_from_scope, request_scope
 from .policy import Policy
 
@@ -47,11 +47,13 @@ class ToolGuard:
         tool = str((ctx.params or {}).get("name", ""))
         state = scope.setdefault("state", {})
         state["audited"] = True  # the HTTP edge need not audit this request again
+        state["trace_id"] = trace = trace_id(ctx.params)
         event: dict[str, object] = {
             **(principal.audit_fields() if principal else {"principal": None}),
             "tool": tool[:_TOOL_NAME_LIMIT],
             "request_id": ctx.request_id,
             "http_request_id": state.get("request_id"),
+            "trace_id": trace,
             "client_ip": client_ip(scope),
         }
         decision = self.policy.decide(principal, tool)
