@@ -1,9 +1,10 @@
 """The container image and the Kubernetes manifests: for each cloud (the other answers, auth
-modes and service meshes included, taking their choices in turn), every overlay builds with
-kustomize, validates against the Kubernetes schemas, and passes checkov and hadolint through the
-project's own `make iac`; the hardening the docs promise is in the built objects; and the gate
-fails on a planted defect. Every cloud x service_mesh pair gets the same gates, run directly
-rather than through `make iac`, in tests/test_mesh.py."""
+modes, service meshes and architectures included, taking their choices in turn), plus a
+hub-and-spoke project with zones of its own, every overlay builds with kustomize, validates
+against the Kubernetes schemas, and passes checkov and hadolint through the project's own
+`make iac`; the hardening and the hub-and-spoke isolation the docs promise are in the built
+objects; and the gate fails on a planted defect. Every cloud x service_mesh pair gets the same
+gates, run directly rather than through `make iac`, in tests/test_mesh.py."""
 
 from __future__ import annotations
 
@@ -15,12 +16,17 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import CUSTOM, UV, combo_id, covering, render
+from conftest import CUSTOM, UV, combo_id, covering, questions, render
 
+# covering() gives hub-and-spoke the default zones; the last project names zones of its own.
+ZONED = covering("cloud")[0] | {"architecture": "hub-and-spoke", "spokes": ["edge", "core"], "auth_mode": "mtls+oauth"}
 PROJECTS = [
     pytest.param({**CUSTOM, **answers}, id=combo_id(answers), marks=pytest.mark.xdist_group(f"deploy-{combo_id(answers)}"))
-    for answers in covering("cloud")
+    for answers in [*covering("cloud"), ZONED]
 ]
+SLUG = "payments-risk-gateway"
+HUB_NAMESPACE = CUSTOM["k8s_namespace"]
+PREFIX = "PAYMENTS_RISK_GATEWAY_"
 # The exact annotations each cloud's load balancer integration reads (a wrong key is silently ignored).
 LOAD_BALANCER_ANNOTATIONS = {
     "aws": {
@@ -91,27 +97,63 @@ def test_every_overlay_builds_validates_and_passes_the_scanners(project: tuple[P
     assert without_schema(output) <= schemaless_kinds(answers)
 
 
-def test_the_workload_is_hardened_as_documented(project: tuple[Path, dict[str, Any], str]) -> None:
-    path, answers, _ = project
-    objects = {(o["kind"], o["metadata"]["name"]): o for o in built(path, answers["cloud"])}
-    slug = "payments-risk-gateway"
-    assert all(o["metadata"].get("namespace") == "payments-risk" for k, o in objects.items() if k[0] != "Namespace")
-    namespace = objects[("Namespace", "payments-risk")]
-    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    pod = objects[("Deployment", slug)]["spec"]["template"]["spec"]
+def zones(answers: dict[str, Any]) -> list[str]:
+    """The zones a project was rendered with (none for standalone)."""
+    if answers["architecture"] != "hub-and-spoke":
+        return []
+    return list(answers.get("spokes", questions()["spokes"]["default"]))
+
+
+def in_namespace(objects: list[dict[str, Any]], namespace: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The objects of one namespace (its Namespace object included), by kind and name."""
+    return {
+        (o["kind"], o["metadata"]["name"]): o
+        for o in objects
+        if o["metadata"].get("namespace", o["metadata"]["name"] if o["kind"] == "Namespace" else None) == namespace
+    }
+
+
+def assert_restricted(namespace: dict[str, Any]) -> None:
+    labels = namespace["metadata"]["labels"]
+    for mode in ("enforce", "audit", "warn"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted", (namespace["metadata"]["name"], mode)
+
+
+def hardened_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The Deployment's only container, after asserting the hardening docs/deployment.md lists."""
+    pod = deployment["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False
+    assert pod["serviceAccountName"] == SLUG
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
     (container,) = pod["containers"]
     context = container["securityContext"]
+    assert context["runAsNonRoot"] is True
     assert context["readOnlyRootFilesystem"] is True
     assert context["allowPrivilegeEscalation"] is False
+    assert context["privileged"] is False
     assert context["capabilities"]["drop"] == ["ALL"]
-    assert container["image"].startswith(f"ghcr.io/example/{slug}:")  # the container_registry default
+    assert context["seccompProfile"]["type"] == "RuntimeDefault"
+    assert container["image"].startswith(f"ghcr.io/example/{SLUG}:")  # the container_registry default
     assert not container["image"].endswith(":latest")
     assert {"cpu", "memory"} <= set(container["resources"]["limits"])
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["port"] == "ops"
+    return container
+
+
+def test_the_workload_is_hardened_as_documented(project: tuple[Path, dict[str, Any], str]) -> None:
+    path, answers, _ = project
+    everything = built(path, answers["cloud"])
+    slug = SLUG
+    namespaces = {"payments-risk"} | {f"payments-risk-{zone}" for zone in zones(answers)}
+    assert {o["metadata"]["name"] for o in everything if o["kind"] == "Namespace"} == namespaces
+    assert all(o["metadata"].get("namespace") in namespaces for o in everything if o["kind"] != "Namespace")
+    objects = in_namespace(everything, "payments-risk")
+    assert_restricted(objects[("Namespace", "payments-risk")])
+    container = hardened_container(objects[("Deployment", slug)])
     env = {item["name"] for item in container["env"]}
     assert ("PAYMENTS_RISK_GATEWAY_TLS_CLIENT_CA_FILE" in env) == ("mtls" in answers["auth_mode"])
     deny = objects[("NetworkPolicy", "default-deny")]["spec"]
@@ -154,9 +196,11 @@ def test_the_secret_store_overlay_mounts_the_clouds_secrets_and_changes_nothing_
     if cloud == "on-prem":
         assert not (path / "deploy" / "k8s" / "overlays" / "on-prem-secret-store").exists()
         return
-    slug = "payments-risk-gateway"
-    edge = {(o["kind"], o["metadata"]["name"]): o for o in built(path, cloud)}
-    store = {(o["kind"], o["metadata"]["name"]): o for o in built(path, f"{cloud}-secret-store")}
+    slug = SLUG
+    edge_all, store_all = built(path, cloud), built(path, f"{cloud}-secret-store")
+    edge, store = in_namespace(edge_all, HUB_NAMESPACE), in_namespace(store_all, HUB_NAMESPACE)
+    # A hub-and-spoke project's zones are the cloud overlay's, unchanged.
+    assert [o for o in store_all if o not in store.values()] == [o for o in edge_all if o not in edge.values()]
     # Everything but the Deployment and the SecretProviderClass is the cloud overlay's, unchanged:
     # the same NetworkPolicies (no new egress), the same ServiceAccount (no token, no identity annotation).
     assert set(store) - set(edge) == {("SecretProviderClass", slug)}
@@ -211,6 +255,118 @@ def test_the_secret_store_overlay_mounts_the_clouds_secrets_and_changes_nothing_
     assert container["securityContext"] == before["containers"][0]["securityContext"]
     template_metadata = [objects[("Deployment", slug)]["spec"]["template"]["metadata"] for objects in (store, edge)]
     assert template_metadata[0] == template_metadata[1], "no workload identity label on the pod"
+
+
+def peers(objects: dict[tuple[str, str], dict[str, Any]], direction: str) -> list[tuple[dict[str, Any], list[Any]]]:
+    """Every (peer, ports) a namespace's NetworkPolicies allow in one direction ("ingress" or
+    "egress"), for the pods of the project; a rule without peers or ports would allow everything."""
+    found = []
+    for (kind, _), policy in objects.items():
+        if kind != "NetworkPolicy" or policy["spec"]["podSelector"] not in ({}, {"matchLabels": {"app.kubernetes.io/name": SLUG}}):
+            continue
+        for rule in policy["spec"].get(direction, []):
+            ports = [(port["port"], port["protocol"]) for port in rule.get("ports", [])]
+            assert ports, f"{policy['metadata']['name']}: a {direction} rule without ports opens every port"
+            key = "from" if direction == "ingress" else "to"
+            assert rule.get(key), f"{policy['metadata']['name']}: a {direction} rule without peers opens every peer"
+            found.extend((peer, ports) for peer in rule[key])
+    return found
+
+
+def namespace_of(peer: dict[str, Any]) -> str | None:
+    return peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+
+
+def check_hub_and_spoke(everything: list[dict[str, Any]], answers: dict[str, Any]) -> None:
+    """The isolation docs/deployment.md promises for hub-and-spoke, on one built overlay."""
+    zone_names = zones(answers)
+    spoke_namespaces = [f"{HUB_NAMESPACE}-{zone}" for zone in zone_names]
+    hub_pods = {"matchLabels": {"app.kubernetes.io/name": SLUG}}
+    dns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+           "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+    hub = in_namespace(everything, HUB_NAMESPACE)
+    hub_container = hardened_container(hub[("Deployment", SLUG)])
+    hub_env = {item["name"]: item.get("value") for item in hub_container["env"]}
+    assert hub_env[f"{PREFIX}ROLE"] == "hub"
+    assert hub_env[f"{PREFIX}SPOKE_URLS"] == ",".join(
+        f"{zone}=https://{SLUG}.{HUB_NAMESPACE}-{zone}.svc:8443/mcp" for zone in zone_names
+    )
+    assert hub_env[f"{PREFIX}SPOKE_CA_FILE"] == "/etc/mcp/tls/ca.crt"
+    hub_certificate = hub[("Certificate", f"{SLUG}-tls")]["spec"]
+    assert {"server auth", "client auth"} <= set(hub_certificate["usages"]), "the hub is the spokes' client"
+    # The hub's way out: its own rules (DNS; the IdP in the OAuth modes) and TCP 8443 to each zone's spoke pods.
+    hub_egress = peers(hub, "egress")
+    to_spokes = [(peer, ports) for peer, ports in hub_egress if namespace_of(peer) in spoke_namespaces]
+    assert sorted(namespace_of(peer) for peer, _ in to_spokes) == sorted(spoke_namespaces)
+    assert all(peer["podSelector"] == hub_pods and ports == [(8443, "TCP")] for peer, ports in to_spokes)
+    others = [peer for peer, _ in hub_egress if namespace_of(peer) not in spoke_namespaces]
+    assert all(peer == dns or ("ipBlock" in peer and "oauth" in answers["auth_mode"]) for peer in others), others
+    # Clients reach the hub only: nothing in a zone namespace is exposed outside the cluster.
+    assert not [o for o in everything if o["kind"] == "Ingress" and o["metadata"]["namespace"] != HUB_NAMESPACE]
+    assert not [
+        o for o in everything
+        if o["kind"] == "Service" and o["spec"].get("type", "ClusterIP") != "ClusterIP" and o["metadata"]["namespace"] != HUB_NAMESPACE
+    ]
+    for zone, namespace in zip(zone_names, spoke_namespaces, strict=True):
+        spoke = in_namespace(everything, namespace)
+        assert_restricted(spoke[("Namespace", namespace)])
+        assert spoke[("ServiceAccount", SLUG)]["automountServiceAccountToken"] is False
+        container = hardened_container(spoke[("Deployment", SLUG)])
+        assert container["image"] == hub_container["image"], "the spokes run the hub's image"
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert env[f"{PREFIX}ROLE"] == "spoke"
+        assert env[f"{PREFIX}ZONE"] == zone
+        assert env[f"{PREFIX}POLICY_FILE"] == "/app/config/spoke-policy.toml"
+        assert env[f"{PREFIX}TLS_CLIENT_CA_FILE"] == "/etc/mcp/tls/ca.crt", "a spoke always requires a client certificate"
+        assert f"{PREFIX}SPOKE_URLS" not in env
+        service = spoke[("Service", SLUG)]["spec"]
+        assert service["type"] == "ClusterIP"
+        assert {(port["name"], port["port"]) for port in service["ports"]} == {("mcp", 8443), ("ops", 9090)}
+        assert spoke[("PodDisruptionBudget", SLUG)]["spec"]["minAvailable"] == 1
+        certificate = spoke[("Certificate", f"{SLUG}-tls")]["spec"]
+        assert certificate["uris"] == [f"spiffe://{answers['domain']}/ns/{namespace}/sa/{SLUG}"]
+        assert certificate["dnsNames"] == [f"{SLUG}.{namespace}.svc", f"{SLUG}.{namespace}.svc.cluster.local"]
+        assert "server auth" in certificate["usages"] and "client auth" not in certificate["usages"]
+        issuer = certificate["issuerRef"]
+        assert issuer["kind"] == "Issuer" and ("Issuer", issuer["name"]) in spoke, "a namespaced Issuer in the zone"
+        deny = spoke[("NetworkPolicy", "default-deny")]["spec"]
+        assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
+        # In: the MCP port from the hub's pods (its namespace AND its label, one peer), ops from
+        # monitoring; nothing from another zone, a client or this namespace. Out: DNS only.
+        allowed_in = peers(spoke, "ingress")
+        assert allowed_in == [
+            ({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": HUB_NAMESPACE}}, "podSelector": hub_pods}, [("mcp", "TCP")]),
+            ({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}, [("ops", "TCP")]),
+        ], allowed_in
+        assert [peer for peer, _ in peers(spoke, "egress")] == [dns]
+        assert all(policy["spec"]["podSelector"] in ({}, hub_pods) for (kind, _), policy in spoke.items() if kind == "NetworkPolicy")
+
+
+def test_hub_and_spoke_isolates_each_zone(project: tuple[Path, dict[str, Any], str]) -> None:
+    path, answers, _ = project
+    everything = built(path, answers["cloud"])
+    hub = in_namespace(everything, HUB_NAMESPACE)
+    hub_env = {item["name"] for item in hub[("Deployment", SLUG)]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    dockerfile = (path / "Dockerfile").read_text()
+    if answers["architecture"] != "hub-and-spoke":
+        assert [o["metadata"]["name"] for o in everything if o["kind"] == "Namespace"] == [HUB_NAMESPACE]
+        assert not {f"{PREFIX}ROLE", f"{PREFIX}SPOKE_URLS"} & hub_env
+        assert "client auth" not in hub[("Certificate", f"{SLUG}-tls")]["spec"]["usages"]
+        assert "spoke-policy.toml" not in dockerfile
+        return
+    check_hub_and_spoke(everything, answers)
+    # The image carries the spokes' policy (and the build context lets it in).
+    assert "COPY config/spoke-policy.toml /app/config/spoke-policy.toml" in dockerfile
+    assert "!config/spoke-policy.toml" in (path / ".dockerignore").read_text().splitlines()
+    # kind: hub and spokes run the image make kind-up loads, never pulled.
+    local = built(path, "local")
+    images = {(o["metadata"]["namespace"], c["image"], c["imagePullPolicy"])
+              for o in local if o["kind"] == "Deployment" for c in o["spec"]["template"]["spec"]["containers"]}
+    assert images == {(namespace, f"{SLUG}:dev", "IfNotPresent") for namespace in [HUB_NAMESPACE, *(f"{HUB_NAMESPACE}-{zone}" for zone in zones(answers))]}
+    # make kind-up gives every zone the kind CA and waits for its spoke; the smoke call goes to the hub.
+    makefile = (path / "Makefile").read_text()
+    assert f"for zone in {' '.join(zones(answers))}; do" in makefile
+    assert (f"kubectl -n {HUB_NAMESPACE} port-forward service/{SLUG} 18443:443" in makefile) == ("mtls" in answers["auth_mode"])
 
 
 @pytest.mark.xdist_group("deploy-defects")
