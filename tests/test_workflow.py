@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,10 +40,19 @@ def make(project: Path, *targets: str, env: dict[str, str] | None = None) -> sub
     )
 
 
-@pytest.fixture(scope="module", params=["mtls", "oauth", "mtls+oauth"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        {"auth_mode": "mtls"},
+        {"auth_mode": "oauth"},
+        {"auth_mode": "mtls+oauth"},
+        {"auth_mode": "mtls+oauth", "architecture": "hub-and-spoke"},
+    ],
+    ids=["mtls", "oauth", "mtls+oauth", "hub-and-spoke"],
+)
 def installed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project per auth mode, set up with the commands its README gives."""
-    project = render(tmp_path_factory.mktemp("workflow") / "project", {"auth_mode": request.param})
+    """A project per auth mode (and a hub-and-spoke one), set up with the commands its README gives."""
+    project = render(tmp_path_factory.mktemp("workflow") / "project", request.param)
     for target in ("install", "certs"):
         result = make(project, target)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -89,7 +99,8 @@ def test_make_client_calls_the_dev_server(dev_server: tuple[Path, list[str]]) ->
     operator = make(project, "client", *variables, "IDENTITY=operator", *revoke)
     denied = make(project, "client", *variables, *revoke)
     assert reader.returncode == 0, reader.stdout + reader.stderr
-    assert "tools you may call: whoami, search_runbooks\n" in reader.stdout
+    # The hub lists the zones' tools after its own (test below).
+    assert "tools you may call: whoami, search_runbooks" in reader.stdout
     assert ("spiffe://mcp.example.com/client/reader" if "mtls" in mode else '"sub:reader"') in reader.stdout
     assert f'"authenticated_by": "{mode}"' in reader.stdout
     assert operator.returncode == 0, operator.stdout + operator.stderr
@@ -122,3 +133,23 @@ def test_benchmark_prints_the_comparison_table(installed: Path) -> None:
     assert "secure/bare calls/s" in result.stdout
     assert "audit events written by the secure server: " in result.stdout
     assert not result.stdout.rstrip().endswith("server: 0")
+
+
+def test_make_dev_runs_the_hub_in_front_of_every_zones_spoke(dev_server: tuple[Path, list[str]]) -> None:
+    project, variables = dev_server
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    if answers["architecture"] != "hub-and-spoke":
+        assert not (project / "scripts" / "dev_spokes.py").exists()
+        return
+    deadline = time.monotonic() + 60
+    for zone in answers["spokes"]:
+        # The hub learns a spoke's tools within seconds of the spoke coming up.
+        while True:
+            result = make(project, "client", *variables, "IDENTITY=operator", f"TOOL={zone}.whoami")
+            if result.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert result.returncode == 0, result.stdout + result.stderr
+        # The spoke saw the hub's certificate, never the operator's credentials.
+        assert '"id": "spiffe://mcp.example.com/ns/acme-mcp-server/sa/acme-mcp-server"' in result.stdout
+        assert '"authenticated_by": "mtls"' in result.stdout
