@@ -343,6 +343,8 @@ def git(project: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=project, check=True, capture_output=True)
 
 
+# The slowest check (a venv and every hook): once per provider; the hooks do not vary with the other answers.
+@pytest.mark.parametrize("project", [GITHUB[0], GITLAB[0]], indirect=True)
 def test_pre_commit_and_gate_targets_pass_on_a_fresh_render(project: tuple[Path, str], tmp_path: Path) -> None:
     path, _ = project
     env = {

@@ -177,6 +177,7 @@ def test_the_workload_is_hardened_as_documented(project: tuple[Path, dict[str, A
     assert account["automountServiceAccountToken"] is False
     assert not account["metadata"].get("annotations")
     assert not any(kind == "SecretProviderClass" for kind, _ in objects)
+    pod = objects[("Deployment", slug)]["spec"]["template"]["spec"]
     assert all("csi" not in volume for volume in pod["volumes"])
     certificate = objects[("Certificate", f"{slug}-tls")]["spec"]
     assert certificate["uris"] == [f"spiffe://{answers['domain']}/ns/payments-risk/sa/{slug}"]

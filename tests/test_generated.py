@@ -10,12 +10,19 @@ from typing import Any
 import pytest
 from conftest import CUSTOM, combo_id, covering, project_venv, render, run_in
 
-# The default answers, then every combination of the answers that change the server's code
-# (the others take each of their choices in turn), with non-default names and values.
+# The default answers, then every combination of the answers that change the server's code,
+# auth mode and architecture (the others, python_version included, take each of their choices
+# in turn), with non-default names and values.
+# The first combination (standalone, mtls: what `make demo` generates) keeps every default.
+COMBINATIONS = covering("auth_mode", "architecture")
 PROJECTS = [pytest.param({}, id="defaults", marks=pytest.mark.xdist_group("defaults"))] + [
     pytest.param({**CUSTOM, **answers}, id=combo_id(answers), marks=pytest.mark.xdist_group(combo_id(answers)))
-    for answers in covering("auth_mode", "architecture", "python_version")
+    for answers in COMBINATIONS[1:]
 ]
+assert {key: value for key, value in COMBINATIONS[0].items() if key in ("auth_mode", "architecture")} == {
+    "auth_mode": "mtls",
+    "architecture": "standalone",
+}
 
 
 @pytest.fixture(scope="module", params=PROJECTS)

@@ -12,10 +12,11 @@ import pytest
 import yaml
 from conftest import CUSTOM, combo_id, covering, render, single_choices
 
-# Every combination except the Python version, which changes only a few pins, and the service
-# mesh, which changes only deploy/k8s, the Makefile and docs: both take their choices in turn, and
-# tests/test_mesh.py renders every cloud x service_mesh pair and checks the whole tree the same way.
-MATRIX = covering(*(name for name in single_choices() if name not in ("python_version", "service_mesh")))
+# Every combination of cloud, architecture and auth mode, the answers that shape most files. The
+# others take their choices in turn: the Python version changes only a few pins; the CI provider
+# only the pipeline files, which tests/test_ci.py checks per provider; the service mesh only
+# deploy/k8s, the Makefile and docs, and tests/test_mesh.py renders every cloud x mesh pair.
+MATRIX = covering("cloud", "architecture", "auth_mode")
 UNRENDERED = re.compile(r"\{\{ |\{%|%\}| \}\}")
 # GitHub Actions expressions, ${{ ... }}, are meant to stay in the workflows.
 ACTIONS_EXPRESSION = re.compile(r"\$\{\{ [^}]* \}\}")
