@@ -289,9 +289,9 @@ def check_hub_and_spoke(everything: list[dict[str, Any]], answers: dict[str, Any
     hub_container = hardened_container(hub[("Deployment", SLUG)])
     hub_env = {item["name"]: item.get("value") for item in hub_container["env"]}
     assert hub_env[f"{PREFIX}ROLE"] == "hub"
-    assert hub_env[f"{PREFIX}SPOKE_URLS"] == ",".join(
+    assert [pair.strip() for pair in hub_env[f"{PREFIX}SPOKE_URLS"].split(",")] == [
         f"{zone}=https://{SLUG}.{HUB_NAMESPACE}-{zone}.svc:8443/mcp" for zone in zone_names
-    )
+    ]
     assert hub_env[f"{PREFIX}SPOKE_CA_FILE"] == "/etc/mcp/tls/ca.crt"
     hub_certificate = hub[("Certificate", f"{SLUG}-tls")]["spec"]
     assert {"server auth", "client auth"} <= set(hub_certificate["usages"]), "the hub is the spokes' client"
