@@ -8,7 +8,6 @@ gates, run directly rather than through `make iac`, in tests/test_mesh.py."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -73,22 +72,14 @@ def make_iac(project: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-# pytest may set a module-scoped fixture up again for a later test of the same project (it did,
-# once per project): each project is built and gated once per worker.
-_GATED: dict[str, tuple[Path, dict[str, Any], str]] = {}
-
-
 @pytest.fixture(scope="module", params=PROJECTS)
 def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
     """A rendered project after its own `make iac`, and what the gate printed."""
     answers: dict[str, Any] = request.param
-    key = json.dumps(answers, sort_keys=True)
-    if key not in _GATED:
-        rendered = render(tmp_path_factory.mktemp("deploy") / "project", answers)
-        result = make_iac(rendered)
-        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-        _GATED[key] = (rendered, answers, result.stdout + result.stderr)
-    return _GATED[key]
+    rendered = render(tmp_path_factory.mktemp("deploy") / "project", answers)
+    result = make_iac(rendered)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    return rendered, answers, result.stdout + result.stderr
 
 
 def built(project: Path, overlay: str) -> list[dict[str, Any]]:
