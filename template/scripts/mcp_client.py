@@ -68,6 +68,9 @@ async def run(args: argparse.Namespace) -> None:
     tls = client_tls(pki / "ca.pem", cert, key) if cert.exists() else client_tls(pki / "ca.pem", None, None)
     headers = {"authorization": f"Bearer {args.token}"} if args.token else None
     challenges: list[str] = []
+    # SystemExit is raised after the client has closed: inside, the SDK's task group would
+    # wrap it in an exception group and print a traceback instead of the reason.
+    failure: str | int | None = None
     async with connect(args.url, tls, headers=headers, challenges=challenges) as client:
         tools = await client.list_tools()
         print("tools you may call:", ", ".join(tool.name for tool in tools.tools))
@@ -76,12 +79,13 @@ async def run(args: argparse.Namespace) -> None:
             result = await client.call_tool(args.tool, arguments)
         except MCPError as exc:
             reason = f"{exc.message} ({challenges[-1]})" if challenges else exc.message
-            raise SystemExit(f"{args.tool} refused: {reason}") from None
-        payload = result.structured_content or [getattr(item, "text", item) for item in result.content]
-        print(f"{args.tool} ->", json.dumps(payload, indent=2, default=str))
-        if result.is_error:
-            raise SystemExit(1)
-
+            failure = f"{args.tool} refused: {reason}"
+        else:
+            payload = result.structured_content or [getattr(item, "text", item) for item in result.content]
+            print(f"{args.tool} ->", json.dumps(payload, indent=2, default=str))
+            failure = 1 if result.is_error else None
+    if failure is not None:
+        raise SystemExit(failure)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Call an MCP tool over TLS 1.3.")
