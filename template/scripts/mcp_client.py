@@ -87,6 +87,7 @@ async def run(args: argparse.Namespace) -> None:
     if failure is not None:
         raise SystemExit(failure)
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Call an MCP tool over TLS 1.3.")
     parser.add_argument("tool", nargs="?", default="whoami")
