@@ -60,9 +60,9 @@ def without_schema(output: str) -> set[str]:
     return {line.split(" kind ")[1].split()[0] for line in output.splitlines() if "Couldn't find schema" in line}
 
 
-def make_iac(project: Path) -> subprocess.CompletedProcess[str]:
+def make(project: Path, target: str = "iac") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["make", "--no-print-directory", "iac", f"UV={UV}"],
+        ["make", "--no-print-directory", target, f"UV={UV}"],
         cwd=project,
         env=dict(os.environ),
         capture_output=True,
@@ -77,7 +77,7 @@ def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     """A rendered project after its own `make iac`, and what the gate printed."""
     answers: dict[str, Any] = request.param
     rendered = render(tmp_path_factory.mktemp("deploy") / "project", answers)
-    result = make_iac(rendered)
+    result = make(rendered)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     return rendered, answers, result.stdout + result.stderr
 
@@ -370,32 +370,37 @@ def test_hub_and_spoke_isolates_each_zone(project: tuple[Path, dict[str, Any], s
     assert (f"kubectl -n {HUB_NAMESPACE} port-forward service/{SLUG} 18443:443" in makefile) == ("mtls" in answers["auth_mode"])
 
 
-@pytest.mark.xdist_group("deploy-defects")
-def test_the_gate_fails_on_a_planted_defect(tmp_path: Path) -> None:
-    broken = render(tmp_path / "broken")
-    deployment = broken / "deploy" / "k8s" / "base" / "deployment.yaml"
-    hardened = deployment.read_text()
-    deployment.write_text(hardened.replace("readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false"))
-    result = make_iac(broken)
-    assert result.returncode != 0
-    assert "CKV_K8S_22" in result.stdout + result.stderr  # read-only root filesystem
-    deployment.write_text(hardened)
+# Each planted defect, where it goes, and what the gate must say: (file, hardened text, defect,
+# make target, expected output). The policy defect needs only `make policy`, which `iac` runs first.
+DEFECTS = {
+    "writable-root-filesystem": (
+        "deploy/k8s/base/deployment.yaml", "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false",
+        "iac", "CKV_K8S_22",
+    ),
     # An image from another registry breaks the organisation's rule ORG_K8S_6.
-    kustomization = broken / "deploy" / "k8s" / "base" / "kustomization.yaml"
-    original = kustomization.read_text()
-    kustomization.write_text(original.replace("newName: ghcr.io/example/", "newName: docker.io/example/"))
-    result = make_iac(broken)
+    "foreign-registry": (
+        "deploy/k8s/base/kustomization.yaml", "newName: ghcr.io/example/", "newName: docker.io/example/",
+        "iac", "ORG_K8S_6",
+    ),
+    # A rule that no longer fails on its violating fixture.
+    "toothless-rule": (
+        "policy/checks/run_as_non_root.yaml", "operator: equals\n  value: true", "operator: exists",
+        "policy", "ORG_K8S_1 did not fail on policy/fixtures/fail/ORG_K8S_1.yaml",
+    ),
+    "root-container": ("Dockerfile", "USER 10001:10001\n", "", "iac", "CKV_DOCKER_3"),
+}
+
+
+@pytest.mark.parametrize(
+    "defect",
+    [pytest.param(name, marks=pytest.mark.xdist_group(f"deploy-defect-{name}")) for name in DEFECTS],
+)
+def test_the_gate_fails_on_a_planted_defect(defect: str, tmp_path: Path) -> None:
+    file, hardened, broken, target, expected = DEFECTS[defect]
+    project = render(tmp_path / "broken")
+    path = project / file
+    assert hardened in path.read_text()
+    path.write_text(path.read_text().replace(hardened, broken))
+    result = make(project, target)
     assert result.returncode != 0
-    assert "ORG_K8S_6" in result.stdout + result.stderr
-    kustomization.write_text(original)
-    # A rule that no longer fails on its violating fixture is caught by make policy.
-    rule = broken / "policy" / "checks" / "run_as_non_root.yaml"
-    rule.write_text(rule.read_text().replace("operator: equals\n  value: true", "operator: exists"))
-    result = make_iac(broken)
-    assert result.returncode != 0
-    assert "ORG_K8S_1 did not fail on policy/fixtures/fail/ORG_K8S_1.yaml" in result.stdout + result.stderr
-    rule.write_text(rule.read_text().replace("operator: exists", "operator: equals\n  value: true"))
-    dockerfile = broken / "Dockerfile"
-    dockerfile.write_text(dockerfile.read_text().replace("USER 10001:10001\n", ""))
-    result = make_iac(broken)
-    assert result.returncode != 0
+    assert expected in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
