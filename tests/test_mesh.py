@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import CUSTOM, UV, combo_id, covering, render, tool_venv
+from conftest import CUSTOM, UV, combo_id, covering, questions, render, tool_venv
 from test_deploy import MESH_KINDS, schemaless_kinds, without_schema
 from test_render import ACTIONS_EXPRESSION, UNRENDERED, files
 
@@ -79,8 +79,13 @@ def org_rules(project: Path, files: list[Path]) -> subprocess.CompletedProcess[s
     )
 
 
-def objects_of(manifest: str) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(manifest) if o}
+def objects_of(manifest: str, namespace: str = NAMESPACE) -> dict[tuple[str, str], dict[str, Any]]:
+    """The objects of one namespace (its Namespace object included), by kind and name."""
+    return {
+        (o["kind"], o["metadata"]["name"]): o
+        for o in yaml.safe_load_all(manifest)
+        if o and o["metadata"].get("namespace", o["metadata"]["name"] if o["kind"] == "Namespace" else None) == namespace
+    }
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +158,15 @@ def test_checkov_and_the_organisations_rules_pass_on_every_build(
     assert "Passed checks: 0," not in output
 
 
+def assert_only_to_spokes(rules: list[dict[str, Any]], port: int) -> None:
+    """Egress the mesh adds beyond its control plane: only to the zones' spokes, on the mesh's port."""
+    for rule in rules:
+        assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
+        for peer in rule["to"]:
+            assert peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].startswith(f"{NAMESPACE}-")
+            assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": SLUG}}
+
+
 def check_mesh(objects: dict[tuple[str, str], dict[str, Any]], mesh: str) -> None:
     """The mesh objects of a shipped overlay's build say what the component's README promises."""
     namespace = objects[("Namespace", NAMESPACE)]["metadata"]
@@ -191,7 +205,8 @@ def check_mesh(objects: dict[tuple[str, str], dict[str, Any]], mesh: str) -> Non
             },
             {"to": [{"operation": {"ports": [str(ports["mcp"])]}}]},
         ]
-        assert mesh_policy["policyTypes"] == ["Ingress"] and "egress" not in mesh_policy
+        assert mesh_policy["policyTypes"][0] == "Ingress"
+        assert_only_to_spokes(mesh_policy.get("egress", []), 15008)
         assert mesh_policy["ingress"] == [
             {
                 "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
@@ -222,12 +237,48 @@ def check_mesh(objects: dict[tuple[str, str], dict[str, Any]], mesh: str) -> Non
         ]
         assert required["mcp"] == [("NetworkAuthentication", {"networks": [{"cidr": "0.0.0.0/0"}, {"cidr": "::/0"}]})]
         assert mesh_policy["policyTypes"] == ["Egress"] and "ingress" not in mesh_policy
-        (rule,) = mesh_policy["egress"]
+        rule, *to_spokes = mesh_policy["egress"]
+        assert_only_to_spokes(to_spokes, 4143)
         assert rule["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "linkerd"}}}]
         assert sorted(port["port"] for port in rule["ports"]) == [8080, 8086, 8090]
     # The probes stay HTTP on the ops port: Istio ambient and Linkerd let kubelet probes through.
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert pod["spec"]["containers"][0][probe]["httpGet"]["port"] == "ops"
+
+
+def check_spoke_mesh(objects: dict[tuple[str, str], dict[str, Any]], mesh: str) -> None:
+    """A zone's spoke in the mesh: enrolled like the hub, every port STRICT (Istio), and its MCP
+    port open to the hub's mesh identity alone, through the mesh's port (15008 or 4143)."""
+    (namespace,) = (o["metadata"] for (kind, _), o in objects.items() if kind == "Namespace")
+    app = {"matchLabels": {"app.kubernetes.io/name": SLUG}}
+    hub_pods = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}},
+        "podSelector": app,
+    }
+    mesh_policy = objects[("NetworkPolicy", f"{SLUG}-mesh")]["spec"]
+    if mesh == "istio":
+        assert namespace["labels"]["istio.io/dataplane-mode"] == "ambient"
+        peer = objects[("PeerAuthentication", SLUG)]["spec"]
+        assert peer == {"selector": app, "mtls": {"mode": "STRICT"}}, "no PERMISSIVE port: the hub is meshed"
+        authz = objects[("AuthorizationPolicy", SLUG)]["spec"]
+        assert authz["action"] == "ALLOW"
+        assert authz["rules"] == [
+            {"from": [{"source": {"namespaces": ["monitoring"]}}], "to": [{"operation": {"ports": ["9090"]}}]},
+            {
+                "from": [{"source": {"principals": [f"cluster.local/ns/{NAMESPACE}/sa/{SLUG}"]}}],
+                "to": [{"operation": {"ports": ["8443"]}}],
+            },
+        ]
+        assert mesh_policy["ingress"][0] == {"from": [hub_pods], "ports": [{"port": 15008, "protocol": "TCP"}]}
+    else:
+        assert namespace["annotations"]["config.linkerd.io/default-inbound-policy"] == "deny"
+        policy = objects[("AuthorizationPolicy", f"{SLUG}-mcp")]["spec"]
+        (ref,) = policy["requiredAuthenticationRefs"]
+        assert objects[(ref["kind"], ref["name"])]["spec"] == {
+            "identities": [f"{SLUG}.{NAMESPACE}.serviceaccount.identity.linkerd.cluster.local"]
+        }
+        assert ("NetworkAuthentication", f"{SLUG}-edge") not in objects
+        assert mesh_policy["ingress"] == [{"from": [hub_pods], "ports": [{"port": 4143, "protocol": "TCP"}]}]
 
 
 @pytest.mark.parametrize("index", range(len(MATRIX)), ids=[combo_id(a) for a in PAIRS])
@@ -236,7 +287,18 @@ def test_the_mesh_objects_are_as_documented(
 ) -> None:
     answers, project, builds = built[index]
     mesh = answers["service_mesh"]
-    check_mesh(objects_of(builds[answers["cloud"]].read_text()), mesh)
+    shipped = builds[answers["cloud"]].read_text()
+    check_mesh(objects_of(shipped), mesh)
+    if answers["architecture"] == "hub-and-spoke" and mesh != "none":
+        zones = questions()["spokes"]["default"]
+        port = 15008 if mesh == "istio" else 4143
+        hub_egress = objects_of(shipped)[("NetworkPolicy", f"{SLUG}-mesh")]["spec"]["egress"][-1]
+        assert hub_egress["ports"] == [{"port": port, "protocol": "TCP"}]
+        assert [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in hub_egress["to"]] == [
+            f"{NAMESPACE}-{zone}" for zone in zones
+        ]
+        for zone in zones:
+            check_spoke_mesh(objects_of(shipped, f"{NAMESPACE}-{zone}"), mesh)
     # make kind-up installs no mesh: the local overlay has none of its objects or labels.
     check_mesh(objects_of(builds["local"].read_text()), "none")
     # test_render.py varies the mesh in turn only: the full tree of every pair renders cleanly here.
@@ -276,6 +338,16 @@ def test_planted_mesh_defects_are_caught(tmp_path: Path) -> None:
     result = org_rules(istio, [manifest])
     assert result.returncode != 0
     assert f"FAILED for resource: PeerAuthentication.{NAMESPACE}.{SLUG}" in result.stdout
+
+    # A spoke whose MCP port any mesh identity may call, not only the hub's.
+    hub = render(tmp_path / "hub", {**CUSTOM, "service_mesh": "istio", "architecture": "hub-and-spoke"}, skip_tasks=True)
+    component = hub / "deploy" / "k8s" / "components" / "mesh" / "istio.yaml"
+    hub_only = f'principals: ["cluster.local/ns/{NAMESPACE}/sa/{SLUG}"]'
+    assert hub_only in component.read_text()
+    component.write_text(component.read_text().replace(hub_only, 'principals: ["*"]'))
+    spoke = objects_of(kustomize(hub / "deploy" / "k8s" / "overlays" / "on-prem"), f"{NAMESPACE}-public")
+    with pytest.raises(AssertionError):
+        check_spoke_mesh(spoke, "istio")
 
     linkerd = render(tmp_path / "linkerd", {**CUSTOM, "service_mesh": "linkerd"}, skip_tasks=True)
     component = linkerd / "deploy" / "k8s" / "components" / "mesh" / "kustomization.yaml"
