@@ -1,4 +1,4 @@
-# secure-mcp-template: `make demo` and `make test` need only Python 3.11+ and make.
+# secure-mcp-template: `make demo` needs only Python 3.11+ and make; `make test` also kubectl and npm.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

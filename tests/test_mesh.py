@@ -14,7 +14,10 @@ minutes."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -22,7 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import CUSTOM, UV, combo_id, covering, questions, render, tool_venv
+from conftest import CACHE, CUSTOM, ROOT, UV, combo_id, covering, locked, questions, render, tool_venv
 from test_deploy import MESH_KINDS, schemaless_kinds, without_schema
 from test_render import ACTIONS_EXPRESSION, UNRENDERED, files
 
@@ -138,6 +141,61 @@ def test_every_build_validates_against_the_kubernetes_schemas(
         assert result.returncode == 0, output[-4000:]
         assert without_schema(output) <= schemaless_kinds(answers), builds
         assert MESH_KINDS[answers["service_mesh"]] <= without_schema(output), "each of the mesh's kinds is built"
+
+
+def crd_schemas() -> Path:
+    """The CRD schema packages of tests/support/crd-schemas, installed from its lock file
+    (integrity hashes checked by npm) once per lock into .cache."""
+    source = ROOT / "tests" / "support" / "crd-schemas"
+    lock = (source / "package-lock.json").read_bytes()
+    target = CACHE / "crd-schemas" / hashlib.sha256(lock).hexdigest()[:16]
+    with locked(CACHE / "crd-schemas.lock"):
+        if not (target / ".complete").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            for name in ("package.json", "package-lock.json", "validate.mjs"):
+                shutil.copy(source / name, target / name)
+            npm = shutil.which("npm")
+            assert npm, "npm (Node.js 18+) is needed to validate custom resources against their CRDs"
+            subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--silent"], cwd=target, check=True)
+            (target / ".complete").touch()
+    return target
+
+
+def test_custom_resources_validate_against_their_crds(
+    built: list[tuple[dict[str, Any], Path, dict[str, Path]]],
+) -> None:
+    """cert-manager's and Istio's kinds against their CRDs' schemas (types, required fields,
+    enums); Linkerd's and Secrets Store CSI's have no offline schema (docs/deployment.md)."""
+    schemas = crd_schemas()
+    objects = [o for _, _, builds in built for path in builds.values() for o in yaml.safe_load_all(path.read_text()) if o]
+    result = subprocess.run(
+        ["node", str(schemas / "validate.mjs")],
+        input=json.dumps(objects),
+        capture_output=True,
+        text=True,
+        cwd=schemas,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    validated = {tuple(line.split()[1:3]) for line in result.stdout.splitlines() if line.startswith("valid ")}
+    assert validated == {
+        ("cert-manager.io/v1", "Certificate"),
+        ("cert-manager.io/v1", "Issuer"),
+        ("security.istio.io/v1", "PeerAuthentication"),
+        ("security.istio.io/v1", "AuthorizationPolicy"),
+    }
+    # The schemas bite: a mode that is not one of Istio's, a duration that is not a string.
+    peer = next(o for o in objects if o["kind"] == "PeerAuthentication")
+    certificate = next(o for o in objects if o["kind"] == "Certificate")
+    peer["spec"]["mtls"]["mode"], certificate["spec"]["duration"] = "STRICTLY", 2160
+    broken = [peer, certificate]
+    result = subprocess.run(
+        ["node", str(schemas / "validate.mjs")], input=json.dumps(broken), capture_output=True, text=True, cwd=schemas, check=False
+    )
+    assert result.returncode == 1
+    assert "data/spec/mtls/mode must be equal to one of the allowed values" in result.stdout
+    assert "data/spec/duration must be string" in result.stdout
 
 
 def test_checkov_and_the_organisations_rules_pass_on_every_build(
