@@ -297,9 +297,14 @@ def check_hub_and_spoke(everything: list[dict[str, Any]], answers: dict[str, Any
     assert {"server auth", "client auth"} <= set(hub_certificate["usages"]), "the hub is the spokes' client"
     # The hub's way out: its own rules (DNS; the IdP in the OAuth modes) and TCP 8443 to each zone's spoke pods.
     hub_egress = peers(hub, "egress")
+    # With a mesh, also its port for meshed traffic (15008 HBONE, 4143 Linkerd's opaque inbound).
+    mesh = answers["service_mesh"]
+    mesh_ports = {"none": [], "istio": [(15008, "TCP")], "linkerd": [(4143, "TCP")]}[mesh]
     to_spokes = [(peer, ports) for peer, ports in hub_egress if namespace_of(peer) in spoke_namespaces]
-    assert sorted(namespace_of(peer) for peer, _ in to_spokes) == sorted(spoke_namespaces)
-    assert all(peer["podSelector"] == hub_pods and ports == [(8443, "TCP")] for peer, ports in to_spokes)
+    assert sorted((namespace_of(peer), port) for peer, ports in to_spokes for port in ports) == sorted(
+        (namespace, port) for namespace in spoke_namespaces for port in [(8443, "TCP"), *mesh_ports]
+    )
+    assert all(peer["podSelector"] == hub_pods for peer, _ in to_spokes)
     others = [peer for peer, _ in hub_egress if namespace_of(peer) not in spoke_namespaces]
     assert all(peer == dns or ("ipBlock" in peer and "oauth" in answers["auth_mode"]) for peer in others), others
     # Clients reach the hub only: nothing in a zone namespace is exposed outside the cluster.
@@ -334,12 +339,19 @@ def check_hub_and_spoke(everything: list[dict[str, Any]], answers: dict[str, Any
         assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
         # In: the MCP port from the hub's pods (its namespace AND its label, one peer), ops from
         # monitoring; nothing from another zone, a client or this namespace. Out: DNS only.
+        # The mesh adds its port from the hub's pods (and Istio's from monitoring and the probes).
+        hub_peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": HUB_NAMESPACE}}, "podSelector": hub_pods}
+        monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        mesh_in = [(hub_peer, mesh_ports)] if mesh_ports else []
+        if mesh == "istio":
+            mesh_in += [(monitoring, mesh_ports), ({"ipBlock": {"cidr": "169.254.7.127/32"}}, [("ops", "TCP")])]
         allowed_in = peers(spoke, "ingress")
-        assert allowed_in == [
-            ({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": HUB_NAMESPACE}}, "podSelector": hub_pods}, [("mcp", "TCP")]),
-            ({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}, [("ops", "TCP")]),
-        ], allowed_in
-        assert [peer for peer, _ in peers(spoke, "egress")] == [dns]
+        assert sorted(map(repr, allowed_in)) == sorted(
+            map(repr, [(hub_peer, [("mcp", "TCP")]), (monitoring, [("ops", "TCP")]), *mesh_in])
+        ), allowed_in
+        control_plane = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "linkerd"}}}
+        allowed_out = [peer for peer, _ in peers(spoke, "egress")]
+        assert sorted(map(repr, allowed_out)) == sorted(map(repr, [dns] + ([control_plane] if mesh == "linkerd" else [])))
         assert all(policy["spec"]["podSelector"] in ({}, hub_pods) for (kind, _), policy in spoke.items() if kind == "NetworkPolicy")
 
 
