@@ -304,15 +304,16 @@ def check_mesh(objects: dict[tuple[str, str], dict[str, Any]], mesh: str) -> Non
         assert pod["spec"]["containers"][0][probe]["httpGet"]["port"] == "ops"
 
 
-def check_spoke_mesh(objects: dict[tuple[str, str], dict[str, Any]], mesh: str) -> None:
-    """A zone's spoke in the mesh: enrolled like the hub, every port STRICT (Istio), and its MCP
-    port open to the hub's mesh identity alone, through the mesh's port (15008 or 4143)."""
+def check_spoke_mesh(objects: dict[tuple[str, str], dict[str, Any]], mesh: str, callers: list[str]) -> None:
+    """A zone's spoke (or a federated peer other than the first) in the mesh: enrolled like the
+    first, every port STRICT (Istio), and its MCP port open to its callers' mesh identities alone
+    (the hub's, or the other peers'), through the mesh's port (15008 or 4143)."""
     (namespace,) = (o["metadata"] for (kind, _), o in objects.items() if kind == "Namespace")
     app = {"matchLabels": {"app.kubernetes.io/name": SLUG}}
-    hub_pods = {
-        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}},
-        "podSelector": app,
-    }
+    caller_pods = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": caller}}, "podSelector": app}
+        for caller in callers
+    ]
     mesh_policy = objects[("NetworkPolicy", f"{SLUG}-mesh")]["spec"]
     if mesh == "istio":
         assert namespace["labels"]["istio.io/dataplane-mode"] == "ambient"
@@ -323,20 +324,20 @@ def check_spoke_mesh(objects: dict[tuple[str, str], dict[str, Any]], mesh: str) 
         assert authz["rules"] == [
             {"from": [{"source": {"namespaces": ["monitoring"]}}], "to": [{"operation": {"ports": ["9090"]}}]},
             {
-                "from": [{"source": {"principals": [f"cluster.local/ns/{NAMESPACE}/sa/{SLUG}"]}}],
+                "from": [{"source": {"principals": [f"cluster.local/ns/{caller}/sa/{SLUG}" for caller in callers]}}],
                 "to": [{"operation": {"ports": ["8443"]}}],
             },
         ]
-        assert mesh_policy["ingress"][0] == {"from": [hub_pods], "ports": [{"port": 15008, "protocol": "TCP"}]}
+        assert mesh_policy["ingress"][0] == {"from": caller_pods, "ports": [{"port": 15008, "protocol": "TCP"}]}
     else:
         assert namespace["annotations"]["config.linkerd.io/default-inbound-policy"] == "deny"
         policy = objects[("AuthorizationPolicy", f"{SLUG}-mcp")]["spec"]
         (ref,) = policy["requiredAuthenticationRefs"]
         assert objects[(ref["kind"], ref["name"])]["spec"] == {
-            "identities": [f"{SLUG}.{NAMESPACE}.serviceaccount.identity.linkerd.cluster.local"]
+            "identities": [f"{SLUG}.{caller}.serviceaccount.identity.linkerd.cluster.local" for caller in callers]
         }
         assert ("NetworkAuthentication", f"{SLUG}-edge") not in objects
-        assert mesh_policy["ingress"] == [{"from": [hub_pods], "ports": [{"port": 4143, "protocol": "TCP"}]}]
+        assert mesh_policy["ingress"] == [{"from": caller_pods, "ports": [{"port": 4143, "protocol": "TCP"}]}]
 
 
 @pytest.mark.parametrize("index", range(len(MATRIX)), ids=[combo_id(a) for a in PAIRS])
@@ -347,16 +348,18 @@ def test_the_mesh_objects_are_as_documented(
     mesh = answers["service_mesh"]
     shipped = builds[answers["cloud"]].read_text()
     check_mesh(objects_of(shipped), mesh)
-    if answers["architecture"] == "hub-and-spoke" and mesh != "none":
-        zones = questions()["spokes"]["default"]
+    architecture = answers["architecture"]
+    if architecture != "standalone" and mesh != "none":
+        # The hub calls each zone's spoke; each federated peer calls every other one.
+        names = questions()["spokes" if architecture == "hub-and-spoke" else "federation_peers"]["default"]
+        others = [f"{NAMESPACE}-{name}" for name in (names if architecture == "hub-and-spoke" else names[1:])]
         port = 15008 if mesh == "istio" else 4143
-        hub_egress = objects_of(shipped)[("NetworkPolicy", f"{SLUG}-mesh")]["spec"]["egress"][-1]
-        assert hub_egress["ports"] == [{"port": port, "protocol": "TCP"}]
-        assert [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in hub_egress["to"]] == [
-            f"{NAMESPACE}-{zone}" for zone in zones
-        ]
-        for zone in zones:
-            check_spoke_mesh(objects_of(shipped, f"{NAMESPACE}-{zone}"), mesh)
+        first_egress = objects_of(shipped)[("NetworkPolicy", f"{SLUG}-mesh")]["spec"]["egress"][-1]
+        assert first_egress["ports"] == [{"port": port, "protocol": "TCP"}]
+        assert [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in first_egress["to"]] == others
+        for namespace in others:
+            callers = [NAMESPACE] + ([o for o in others if o != namespace] if architecture == "federated" else [])
+            check_spoke_mesh(objects_of(shipped, namespace), mesh, callers)
     # make kind-up installs no mesh: the local overlay has none of its objects or labels.
     check_mesh(objects_of(builds["local"].read_text()), "none")
     # test_render.py varies the mesh in turn only: the full tree of every pair renders cleanly here.
@@ -400,12 +403,12 @@ def test_planted_mesh_defects_are_caught(tmp_path: Path) -> None:
     # A spoke whose MCP port any mesh identity may call, not only the hub's.
     hub = render(tmp_path / "hub", {**CUSTOM, "service_mesh": "istio", "architecture": "hub-and-spoke"}, skip_tasks=True)
     component = hub / "deploy" / "k8s" / "components" / "mesh" / "istio.yaml"
-    hub_only = f'principals: ["cluster.local/ns/{NAMESPACE}/sa/{SLUG}"]'
+    hub_only = f"- cluster.local/ns/{NAMESPACE}/sa/{SLUG}"
     assert hub_only in component.read_text()
-    component.write_text(component.read_text().replace(hub_only, 'principals: ["*"]'))
+    component.write_text(component.read_text().replace(hub_only, '- "*"'))
     spoke = objects_of(kustomize(hub / "deploy" / "k8s" / "overlays" / "on-prem"), f"{NAMESPACE}-public")
     with pytest.raises(AssertionError):
-        check_spoke_mesh(spoke, "istio")
+        check_spoke_mesh(spoke, "istio", [NAMESPACE])
 
     linkerd = render(tmp_path / "linkerd", {**CUSTOM, "service_mesh": "linkerd"}, skip_tasks=True)
     component = linkerd / "deploy" / "k8s" / "components" / "mesh" / "kustomization.yaml"
