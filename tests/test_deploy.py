@@ -8,6 +8,7 @@ gates, run directly rather than through `make iac`, in tests/test_mesh.py."""
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
@@ -473,6 +474,37 @@ def test_hub_and_spoke_isolates_each_zone(project: tuple[Path, dict[str, Any], s
     makefile = (path / "Makefile").read_text()
     assert f"for zone in {' '.join(zones(answers))}; do" in makefile
     assert (f"kubectl -n {HUB_NAMESPACE} port-forward service/{SLUG} 18443:443" in makefile) == ("mtls" in answers["auth_mode"])
+
+
+def plant(everything: list[dict[str, Any]], kind: str, name: str, namespace: str, change: Any) -> list[dict[str, Any]]:
+    """A deep copy of the built objects with ``change`` applied to one of them."""
+    planted = copy.deepcopy(everything)
+    (target,) = [o for o in planted if o["kind"] == kind and o["metadata"]["name"] == name and o["metadata"].get("namespace") == namespace]
+    change(target)
+    return planted
+
+
+def test_check_federation_catches_planted_defects(project: tuple[Path, dict[str, Any], str]) -> None:
+    path, answers, _ = project
+    if answers["architecture"] != "federated":
+        return
+    everything = built(path, answers["cloud"])
+    check_federation(everything, answers)
+    first, second = federation_peers(answers)[:2]
+    other = f"{HUB_NAMESPACE}-{second}"
+    defects = [
+        # A peer's certificate in another peer's trust domain.
+        ("Certificate", f"{SLUG}-tls", other, lambda o: o["spec"].update(uris=[f"spiffe://{first}.{answers['domain']}/ns/{other}/sa/{SLUG}"])),
+        # The first peer's MCP port open to every pod of another peer's namespace, not only the peer.
+        ("NetworkPolicy", f"{SLUG}-federation", HUB_NAMESPACE, lambda o: o["spec"]["ingress"][0]["from"][0].pop("podSelector")),
+        # One peer with an allow-list of its own.
+        ("ConfigMap", f"{SLUG}-federation", other, lambda o: o["data"].update({f"{PREFIX}FEDERATION_PEER_IDS": "x=spiffe://x/y"})),
+        # A peer without client auth: it could not call the others.
+        ("Certificate", f"{SLUG}-tls", HUB_NAMESPACE, lambda o: o["spec"]["usages"].remove("client auth")),
+    ]
+    for kind, name, namespace, change in defects:
+        with pytest.raises(AssertionError):
+            check_federation(plant(everything, kind, name, namespace, change), answers)
 
 
 # Each planted defect, where it goes, and what the gate must say: (file, hardened text, defect,
