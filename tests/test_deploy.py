@@ -8,6 +8,7 @@ gates, run directly rather than through `make iac`, in tests/test_mesh.py."""
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
@@ -148,7 +149,7 @@ def test_the_workload_is_hardened_as_documented(project: tuple[Path, dict[str, A
     path, answers, _ = project
     everything = built(path, answers["cloud"])
     slug = SLUG
-    namespaces = {"payments-risk"} | {f"payments-risk-{zone}" for zone in zones(answers)}
+    namespaces = {"payments-risk"} | {f"payments-risk-{name}" for name in zones(answers) + federation_peers(answers)[1:]}
     assert {o["metadata"]["name"] for o in everything if o["kind"] == "Namespace"} == namespaces
     assert all(o["metadata"].get("namespace") in namespaces for o in everything if o["kind"] != "Namespace")
     objects = in_namespace(everything, "payments-risk")
@@ -180,7 +181,9 @@ def test_the_workload_is_hardened_as_documented(project: tuple[Path, dict[str, A
     pod = objects[("Deployment", slug)]["spec"]["template"]["spec"]
     assert all("csi" not in volume for volume in pod["volumes"])
     certificate = objects[("Certificate", f"{slug}-tls")]["spec"]
-    assert certificate["uris"] == [f"spiffe://{answers['domain']}/ns/payments-risk/sa/{slug}"]
+    # A federated project's first peer has its own trust domain (check_federation).
+    trust_domain = f"{federation_peers(answers)[0]}.{answers['domain']}" if federation_peers(answers) else answers["domain"]
+    assert certificate["uris"] == [f"spiffe://{trust_domain}/ns/payments-risk/sa/{slug}"]
 
 
 # What each cloud's secret-store overlay must hand its provider, and the values the user must
@@ -355,12 +358,103 @@ def check_hub_and_spoke(everything: list[dict[str, Any]], answers: dict[str, Any
         assert all(policy["spec"]["podSelector"] in ({}, hub_pods) for (kind, _), policy in spoke.items() if kind == "NetworkPolicy")
 
 
+def federation_peers(answers: dict[str, Any]) -> list[str]:
+    """The peers a project was rendered with (none unless federated)."""
+    if answers["architecture"] != "federated":
+        return []
+    return list(answers.get("federation_peers", questions()["federation_peers"]["default"]))
+
+
+def check_federation(everything: list[dict[str, Any]], answers: dict[str, Any]) -> None:
+    """The trust and isolation docs/deployment.md promises for federated peers, on one built overlay:
+    each peer its own namespace, CA (Issuer) and trust domain; the same federation settings
+    everywhere; the MCP port open between the peers' pods and nothing else between them."""
+    names = federation_peers(answers)
+    namespaces = {peer: HUB_NAMESPACE if index == 0 else f"{HUB_NAMESPACE}-{peer}" for index, peer in enumerate(names)}
+    app = {"matchLabels": {"app.kubernetes.io/name": SLUG}}
+    dns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+           "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    control_plane = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "linkerd"}}}
+    mesh = answers["service_mesh"]
+    mesh_ports = {"none": [], "istio": [(15008, "TCP")], "linkerd": [(4143, "TCP")]}[mesh]
+    first_image = None
+    settings = []
+    for peer, namespace in namespaces.items():
+        objects = in_namespace(everything, namespace)
+        assert_restricted(objects[("Namespace", namespace)])
+        container = hardened_container(objects[("Deployment", SLUG)])
+        first_image = first_image or container["image"]
+        assert container["image"] == first_image, "every peer runs the same image"
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert env[f"{PREFIX}PEER_NAME"] == peer
+        assert container["envFrom"] == [{"configMapRef": {"name": f"{SLUG}-federation"}}]
+        federation = objects[("ConfigMap", f"{SLUG}-federation")]["data"]
+        settings.append(federation)
+        mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
+        assert mounts["federation-cas"]["mountPath"] == "/etc/mcp/federation"
+        volumes = {volume["name"]: volume for volume in objects[("Deployment", SLUG)]["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["federation-cas"]["configMap"]["name"] == f"{SLUG}-federation-cas"
+        # Its own identity in its own trust domain, from a namespaced Issuer (its own CA).
+        certificate = objects[("Certificate", f"{SLUG}-tls")]["spec"]
+        assert certificate["uris"] == [f"spiffe://{peer}.{answers['domain']}/ns/{namespace}/sa/{SLUG}"]
+        assert {"server auth", "client auth"} <= set(certificate["usages"]), "a peer calls the others with it"
+        issuer = certificate["issuerRef"]
+        assert issuer["kind"] == "Issuer"
+        assert ("Issuer", issuer["name"]) in objects, "each peer's own namespaced Issuer"
+        # Between the peers: the MCP port in from the other peers' pods, 8443 out to them.
+        others = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespaces[o]}}, "podSelector": app}
+                  for o in names if o != peer]
+        allowed_in = peers(objects, "ingress")
+        from_peers = [(p, ports) for p, ports in allowed_in if p in others]
+        assert sorted(map(repr, from_peers)) == sorted(
+            map(repr, [(o, [("mcp", "TCP")]) for o in others] + [(o, mesh_ports) for o in others if mesh_ports])
+        ), from_peers
+        to_peers = [(p, ports) for p, ports in peers(objects, "egress") if namespace_of(p) in namespaces.values()]
+        assert sorted(map(repr, to_peers)) == sorted(
+            map(repr, [(o, [(8443, "TCP")]) for o in others] + [(o, mesh_ports) for o in others if mesh_ports])
+        ), to_peers
+        if namespace == HUB_NAMESPACE:
+            continue
+        # A peer beyond the first: default deny, ops from monitoring, DNS (and the IdP) out; no edge.
+        deny = objects[("NetworkPolicy", "default-deny")]["spec"]
+        assert deny["podSelector"] == {}
+        assert set(deny["policyTypes"]) == {"Ingress", "Egress"}
+        rest_in = [(p, ports) for p, ports in allowed_in if p not in others]
+        expected_in = [(monitoring, [("ops", "TCP")])]
+        if mesh == "istio":
+            expected_in += [(monitoring, mesh_ports), ({"ipBlock": {"cidr": "169.254.7.127/32"}}, [("ops", "TCP")])]
+        assert sorted(map(repr, rest_in)) == sorted(map(repr, expected_in)), rest_in
+        rest_out = [p for p, _ in peers(objects, "egress") if namespace_of(p) not in namespaces.values()]
+        assert all(p in (dns, control_plane) or ("ipBlock" in p and "oauth" in answers["auth_mode"]) for p in rest_out), rest_out
+        service = objects[("Service", SLUG)]["spec"]
+        assert service["type"] == "ClusterIP"
+    # The same federation everywhere: every peer's URL, identity (own trust domain) and CA file.
+    assert all(federation == settings[0] for federation in settings)
+    ids = dict(pair.strip().split("=", 1) for pair in settings[0][f"{PREFIX}FEDERATION_PEER_IDS"].split(","))
+    assert ids == {peer: f"spiffe://{peer}.{answers['domain']}/ns/{ns}/sa/{SLUG}" for peer, ns in namespaces.items()}
+    urls = dict(pair.strip().split("=", 1) for pair in settings[0][f"{PREFIX}FEDERATION_PEER_URLS"].split(","))
+    assert urls == {peer: f"https://{SLUG}.{ns}.svc:8443/mcp" for peer, ns in namespaces.items()}
+    cas = dict(pair.strip().split("=", 1) for pair in settings[0][f"{PREFIX}FEDERATION_CA_FILES"].split(","))
+    assert cas == {peer: f"/etc/mcp/federation/{peer}.crt" for peer in names}
+    # Clients reach the first peer only: nothing in another peer's namespace is exposed outside the cluster.
+    assert not [o for o in everything if o["kind"] == "Ingress" and o["metadata"]["namespace"] != HUB_NAMESPACE]
+    assert not [
+        o for o in everything
+        if o["kind"] == "Service" and o["spec"].get("type", "ClusterIP") != "ClusterIP" and o["metadata"]["namespace"] != HUB_NAMESPACE
+    ]
+
+
 def test_hub_and_spoke_isolates_each_zone(project: tuple[Path, dict[str, Any], str]) -> None:
     path, answers, _ = project
     everything = built(path, answers["cloud"])
     hub = in_namespace(everything, HUB_NAMESPACE)
     hub_env = {item["name"] for item in hub[("Deployment", SLUG)]["spec"]["template"]["spec"]["containers"][0]["env"]}
     dockerfile = (path / "Dockerfile").read_text()
+    if answers["architecture"] == "federated":
+        check_federation(everything, answers)
+        assert not {f"{PREFIX}ROLE", f"{PREFIX}SPOKE_URLS"} & hub_env
+        return
     if answers["architecture"] != "hub-and-spoke":
         assert [o["metadata"]["name"] for o in everything if o["kind"] == "Namespace"] == [HUB_NAMESPACE]
         assert not {f"{PREFIX}ROLE", f"{PREFIX}SPOKE_URLS"} & hub_env
@@ -380,6 +474,37 @@ def test_hub_and_spoke_isolates_each_zone(project: tuple[Path, dict[str, Any], s
     makefile = (path / "Makefile").read_text()
     assert f"for zone in {' '.join(zones(answers))}; do" in makefile
     assert (f"kubectl -n {HUB_NAMESPACE} port-forward service/{SLUG} 18443:443" in makefile) == ("mtls" in answers["auth_mode"])
+
+
+def plant(everything: list[dict[str, Any]], kind: str, name: str, namespace: str, change: Any) -> list[dict[str, Any]]:
+    """A deep copy of the built objects with ``change`` applied to one of them."""
+    planted = copy.deepcopy(everything)
+    (target,) = [o for o in planted if o["kind"] == kind and o["metadata"]["name"] == name and o["metadata"].get("namespace") == namespace]
+    change(target)
+    return planted
+
+
+def test_check_federation_catches_planted_defects(project: tuple[Path, dict[str, Any], str]) -> None:
+    path, answers, _ = project
+    if answers["architecture"] != "federated":
+        return
+    everything = built(path, answers["cloud"])
+    check_federation(everything, answers)
+    first, second = federation_peers(answers)[:2]
+    other = f"{HUB_NAMESPACE}-{second}"
+    defects = [
+        # A peer's certificate in another peer's trust domain.
+        ("Certificate", f"{SLUG}-tls", other, lambda o: o["spec"].update(uris=[f"spiffe://{first}.{answers['domain']}/ns/{other}/sa/{SLUG}"])),
+        # The first peer's MCP port open to every pod of another peer's namespace, not only the peer.
+        ("NetworkPolicy", f"{SLUG}-federation", HUB_NAMESPACE, lambda o: o["spec"]["ingress"][0]["from"][0].pop("podSelector")),
+        # One peer with an allow-list of its own.
+        ("ConfigMap", f"{SLUG}-federation", other, lambda o: o["data"].update({f"{PREFIX}FEDERATION_PEER_IDS": "x=spiffe://x/y"})),
+        # A peer without client auth: it could not call the others.
+        ("Certificate", f"{SLUG}-tls", HUB_NAMESPACE, lambda o: o["spec"]["usages"].remove("client auth")),
+    ]
+    for kind, name, namespace, change in defects:
+        with pytest.raises(AssertionError):
+            check_federation(plant(everything, kind, name, namespace, change), answers)
 
 
 # Each planted defect, where it goes, and what the gate must say: (file, hardened text, defect,

@@ -225,8 +225,10 @@ def assert_only_to_spokes(rules: list[dict[str, Any]], port: int) -> None:
             assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": SLUG}}
 
 
-def check_mesh(objects: dict[tuple[str, str], dict[str, Any]], mesh: str) -> None:
-    """The mesh objects of a shipped overlay's build say what the component's README promises."""
+def check_mesh(objects: dict[tuple[str, str], dict[str, Any]], mesh: str, callers: tuple[str, ...] = ()) -> None:
+    """The mesh objects of a shipped overlay's build say what the component's README promises.
+    ``callers``: the namespaces whose meshed pods call the first namespace's MCP port (the other
+    federated peers), through the mesh's port."""
     namespace = objects[("Namespace", NAMESPACE)]["metadata"]
     labels, annotations = namespace.get("labels", {}), namespace.get("annotations", {})
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted", "a mesh must not loosen Pod Security"
@@ -244,6 +246,11 @@ def check_mesh(objects: dict[tuple[str, str], dict[str, Any]], mesh: str) -> Non
         assert mesh_policy is None
         return
     assert mesh_policy["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": app}}
+    caller_pods = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": caller}}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": SLUG}}}
+        for caller in callers
+    ]
+    from_callers = [{"from": caller_pods, "ports": [{"port": 15008 if mesh == "istio" else 4143, "protocol": "TCP"}]}] if callers else []
     if mesh == "istio":
         assert labels["istio.io/dataplane-mode"] == "ambient"
         assert "istio-injection" not in labels, "sidecars would need istio-init (NET_ADMIN) or istio-cni"
@@ -266,6 +273,7 @@ def check_mesh(objects: dict[tuple[str, str], dict[str, Any]], mesh: str) -> Non
         assert mesh_policy["policyTypes"][0] == "Ingress"
         assert_only_to_spokes(mesh_policy.get("egress", []), 15008)
         assert mesh_policy["ingress"] == [
+            *from_callers,
             {
                 "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
                 "ports": [{"port": 15008, "protocol": "TCP"}],
@@ -294,7 +302,12 @@ def check_mesh(objects: dict[tuple[str, str], dict[str, Any]], mesh: str) -> Non
             ("MeshTLSAuthentication", {"identities": ["*.monitoring.serviceaccount.identity.linkerd.cluster.local"]})
         ]
         assert required["mcp"] == [("NetworkAuthentication", {"networks": [{"cidr": "0.0.0.0/0"}, {"cidr": "::/0"}]})]
-        assert mesh_policy["policyTypes"] == ["Egress"] and "ingress" not in mesh_policy
+        if callers:
+            assert mesh_policy["policyTypes"] == ["Ingress", "Egress"]
+            assert mesh_policy["ingress"] == from_callers
+        else:
+            assert mesh_policy["policyTypes"] == ["Egress"]
+            assert "ingress" not in mesh_policy
         rule, *to_spokes = mesh_policy["egress"]
         assert_only_to_spokes(to_spokes, 4143)
         assert rule["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "linkerd"}}}]
@@ -347,8 +360,11 @@ def test_the_mesh_objects_are_as_documented(
     answers, project, builds = built[index]
     mesh = answers["service_mesh"]
     shipped = builds[answers["cloud"]].read_text()
-    check_mesh(objects_of(shipped), mesh)
     architecture = answers["architecture"]
+    # The other federated peers call the first peer through the mesh too.
+    federated = architecture == "federated" and mesh != "none"
+    peer_names = questions()["federation_peers"]["default"][1:]
+    check_mesh(objects_of(shipped), mesh, tuple(f"{NAMESPACE}-{name}" for name in peer_names) if federated else ())
     if architecture != "standalone" and mesh != "none":
         # The hub calls each zone's spoke; each federated peer calls every other one.
         names = questions()["spokes" if architecture == "hub-and-spoke" else "federation_peers"]["default"]

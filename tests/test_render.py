@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import CUSTOM, combo_id, covering, render, single_choices
+from conftest import CUSTOM, combo_id, covering, questions, render, single_choices
 
 # Every combination of cloud, architecture and auth mode, the answers that shape most files. The
 # others take their choices in turn: the Python version changes only a few pins; the CI provider
@@ -83,6 +83,42 @@ def test_each_auth_mode_gets_only_its_own_code(tmp_path: Path) -> None:
         assert (project / "scripts" / "dev_issuer.py").exists() == ("oauth" in mode)
         assert (project / "tests" / "test_client_certificates.py").exists() == ("mtls" in mode)
         assert ("pyjwt" in (project / "pyproject.toml").read_text()) == ("oauth" in mode)
+
+
+# The files only one architecture has (package files under src/<package>/).
+ARCHITECTURE_FILES = {
+    "hub-and-spoke": {"src/payments_risk_gateway/hub.py", "config/spoke-policy.toml", "scripts/dev_spokes.py",
+                      "tests/test_hub.py", "deploy/k8s/spokes/spokes.yaml", "docs/hub-and-spoke.md"},
+    "federated": {"src/payments_risk_gateway/federation.py", "src/payments_risk_gateway/security/trust.py",
+                  "scripts/dev_peers.py", "tests/test_federation.py", "deploy/k8s/peers/peers.yaml",
+                  "deploy/k8s/peers/networkpolicy.yaml", "docs/federated.md"},
+}
+# Shared by the two architectures that relay to other servers.
+RELAY_FILES = {"src/payments_risk_gateway/upstream.py", "scripts/dev_servers.py"}
+
+
+def test_each_architecture_gets_only_its_own_files(rendered: tuple[Path, dict[str, Any]]) -> None:
+    project, answers = rendered
+    present = {str(path.relative_to(project)) for path in files(project)}
+    architecture = answers["architecture"]
+    for name, owned in ARCHITECTURE_FILES.items():
+        assert (owned <= present) == (name == architecture), (name, owned - present if name == architecture else owned & present)
+        assert not owned & present or name == architecture
+    assert (RELAY_FILES <= present) == (architecture != "standalone")
+    assert not RELAY_FILES & present or architecture != "standalone"
+    if architecture == "federated":
+        # The peers' own names reach the settings, the dev PKI, the policy and the manifests.
+        peers = questions()["federation_peers"]["default"]
+        settings = (project / "src" / "payments_risk_gateway" / "settings.py").read_text()
+        policy = (project / "config" / "policy.toml").read_text()
+        for index, peer in enumerate(peers):
+            namespace = answers["k8s_namespace"] + ("" if index == 0 else f"-{peer}")
+            identity = f"spiffe://{peer}.{answers['domain']}/ns/{namespace}/sa/payments-risk-gateway"
+            assert identity in settings
+            assert identity in policy
+        assert f'ROUTE_KEY = "{".".join(reversed(answers["domain"].split(".")))}/federation"' in (
+            project / "src" / "payments_risk_gateway" / "federation.py"
+        ).read_text()
 
 
 def test_compliance_matrix_lists_exactly_the_chosen_frameworks(tmp_path: Path) -> None:

@@ -44,14 +44,17 @@ def make(project: Path, *targets: str, env: dict[str, str] | None = None) -> sub
     scope="module",
     params=[
         {"auth_mode": "mtls"},
-        {"auth_mode": "oauth"},
+        # The OAuth-only project is a federated one: the auth mode's commands and the peers' in
+        # one project (mtls+oauth proves the standalone `make dev` with a dev issuer).
+        {"auth_mode": "oauth", "architecture": "federated"},
         {"auth_mode": "mtls+oauth"},
         {"auth_mode": "mtls+oauth", "architecture": "hub-and-spoke"},
     ],
-    ids=["mtls", "oauth", "mtls+oauth", "hub-and-spoke"],
+    ids=["mtls", "oauth-federated", "mtls+oauth", "hub-and-spoke"],
 )
 def installed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project per auth mode (and a hub-and-spoke one), set up with the commands its README gives."""
+    """A project per auth mode (one of them federated, and a hub-and-spoke one), set up with the
+    commands its README gives."""
     project = render(tmp_path_factory.mktemp("workflow") / "project", request.param)
     for target in ("install", "certs"):
         result = make(project, target)
@@ -64,6 +67,11 @@ def dev_server(installed: Path) -> Iterator[tuple[Path, list[str]]]:
     """``make dev`` on free ports; yields the project and the make variables that reach it."""
     port, ops_port, issuer_port = free_port(), free_port(), free_port()
     env = {**os.environ, f"{PREFIX}PORT": str(port), f"{PREFIX}OPS_PORT": str(ops_port)}
+    answers = yaml.safe_load((installed / ".copier-answers.yml").read_text())
+    if answers["architecture"] == "federated":  # every peer on a free port, the first where PORT says
+        ports = [port] + [free_port() for _ in answers["federation_peers"][1:]]
+        urls = [f"{peer}=https://localhost:{p}/mcp" for peer, p in zip(answers["federation_peers"], ports, strict=True)]
+        env[f"{PREFIX}FEDERATION_PEER_URLS"] = ",".join(urls)
     variables = [f"URL=https://localhost:{port}/mcp", f"ISSUER_PORT={issuer_port}"]
     log = installed / "dev.log"
     with log.open("w") as sink:
@@ -128,12 +136,12 @@ def test_benchmark_prints_the_comparison_table(installed: Path) -> None:
     venv = project_venv(installed)
     result = run_in(installed, venv, "python", "scripts/bench.py", "--calls", "40", "--repeat", "1", "--concurrency", "1,4")
     assert result.returncode == 0, result.stdout + result.stderr
-    tables = result.stdout.split("the hub's cost: ")
+    architecture = yaml.safe_load((installed / ".copier-answers.yml").read_text())["architecture"]
+    tables = result.stdout.split("the hub's cost: " if architecture == "hub-and-spoke" else "the federation's cost: ")
     rows = [line for line in tables[0].splitlines() if line.startswith(("| 1 |", "| 4 |"))]
     assert len(rows) == 2, result.stdout
-    hub_and_spoke = yaml.safe_load((installed / ".copier-answers.yml").read_text())["architecture"] == "hub-and-spoke"
-    assert len(tables) == (2 if hub_and_spoke else 1), result.stdout
-    if hub_and_spoke:  # one zone's tool on its spoke directly and through the hub, same load
+    assert len(tables) == (1 if architecture == "standalone" else 2), result.stdout
+    if architecture != "standalone":  # a tool on its spoke (peer) directly and through the hub (another peer)
         hops = [line for line in tables[1].splitlines() if line.startswith(("| 1 |", "| 4 |"))]
         assert len(hops) == 2, result.stdout
     assert "secure/bare calls/s" in result.stdout
@@ -159,4 +167,25 @@ def test_make_dev_runs_the_hub_in_front_of_every_zones_spoke(dev_server: tuple[P
         assert result.returncode == 0, result.stdout + result.stderr
         # The spoke saw the hub's certificate, never the operator's credentials.
         assert '"id": "spiffe://mcp.example.com/ns/acme-mcp-server/sa/acme-mcp-server"' in result.stdout
+        assert '"authenticated_by": "mtls"' in result.stdout
+
+
+def test_make_dev_runs_every_federated_peer(dev_server: tuple[Path, list[str]]) -> None:
+    project, variables = dev_server
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    if answers["architecture"] != "federated":
+        assert not (project / "scripts" / "dev_peers.py").exists()
+        return
+    first, *others = answers["federation_peers"]
+    deadline = time.monotonic() + 120
+    for peer in others:
+        # The first peer learns another's tools within seconds of it coming up.
+        while True:
+            result = make(project, "client", *variables, "IDENTITY=operator", f"TOOL={peer}.whoami")
+            if result.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert result.returncode == 0, result.stdout + result.stderr
+        # The other peer saw the first peer's own identity (its own trust domain), not the operator's token.
+        assert f'"id": "spiffe://{first}.mcp.example.com/ns/acme-mcp-server/sa/acme-mcp-server"' in result.stdout
         assert '"authenticated_by": "mtls"' in result.stdout

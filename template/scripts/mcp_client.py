@@ -65,7 +65,8 @@ async def connect(
 async def run(args: argparse.Namespace) -> None:
     pki: Path = args.pki
     cert, key = pki / f"client-{args.identity}.pem", pki / f"client-{args.identity}-key.pem"
-    tls = client_tls(pki / "ca.pem", cert, key) if cert.exists() else client_tls(pki / "ca.pem", None, None)
+    present = cert.exists() and not args.no_certificate
+    tls = client_tls(pki / "ca.pem", cert, key) if present else client_tls(pki / "ca.pem", None, None)
     headers = {"authorization": f"Bearer {args.token}"} if args.token else None
     challenges: list[str] = []
     # SystemExit is raised after the client has closed: inside, the SDK's task group would
@@ -96,6 +97,9 @@ def main() -> None:
     parser.add_argument("--identity", default="reader", help="client certificate from the dev PKI")
     parser.add_argument("--pki", type=Path, default=Path(".dev-pki"))
     parser.add_argument("--token", default=os.environ.get("MCP_ACCESS_TOKEN"), help="bearer access token")
+    # A token-only server may still ask for certificates (a federated one, for its peers'):
+    # a client certificate it does not trust would fail the handshake.
+    parser.add_argument("--no-certificate", action="store_true", help="present no client certificate (token only)")
     anyio.run(run, parser.parse_args())
 
 

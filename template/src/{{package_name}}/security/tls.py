@@ -29,20 +29,30 @@ class TLSFiles:
     cert: Path
     key: Path
     client_ca: Path | None  # None: clients present no certificate (they authenticate otherwise)
+    # Federated peers' own CAs: their certificates verify too (security.trust decides what they
+    # may claim); without client_ca a certificate is then optional (clients use tokens).
+    peer_cas: tuple[Path, ...] = ()
 
     def stamp(self) -> tuple[tuple[int, int, int], ...]:
         """What changes when any file is replaced, including by a symlink swap."""
-        paths = (self.cert, self.key) if self.client_ca is None else (self.cert, self.key, self.client_ca)
+        paths = (self.cert, self.key, *self.verify_files)
         stats = (os.stat(path) for path in paths)
         return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
+
+    @property
+    def verify_files(self) -> tuple[Path, ...]:
+        return ((self.client_ca,) if self.client_ca else ()) + self.peer_cas
 
 
 def build_context(files: TLSFiles) -> ssl.SSLContext:
     """A server context that speaks only TLS 1.3 and, given a client CA, requires a client
-    certificate from it."""
+    certificate from it (or from a peer's CA)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.verify_mode = ssl.CERT_NONE if files.client_ca is None else ssl.CERT_REQUIRED
+    if files.client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+    else:
+        context.verify_mode = ssl.CERT_OPTIONAL if files.peer_cas else ssl.CERT_NONE
     # No session tickets: every connection proves its certificate against the current CA.
     context.num_tickets = 0
     context.set_alpn_protocols(["http/1.1"])
@@ -50,12 +60,11 @@ def build_context(files: TLSFiles) -> ssl.SSLContext:
         context.load_cert_chain(certfile=files.cert, keyfile=files.key)
     except (OSError, ssl.SSLError) as exc:
         raise TLSConfigError(f"cannot load certificate {files.cert} with key {files.key}: {exc}") from exc
-    if files.client_ca is None:
-        return context
-    try:
-        context.load_verify_locations(cafile=files.client_ca)
-    except (OSError, ssl.SSLError) as exc:
-        raise TLSConfigError(f"cannot load client CA bundle {files.client_ca}: {exc}") from exc
+    for ca in files.verify_files:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise TLSConfigError(f"cannot load client CA bundle {ca}: {exc}") from exc
     return context
 
 
