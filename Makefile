@@ -40,7 +40,9 @@ demo-stop: ## stop the demo server
 		kill $$(cat $(DEMO_DIR)/.demo-server.pid) 2>/dev/null || true; rm -f $(DEMO_DIR)/.demo-server.pid; \
 		echo "demo server stopped"; fi
 
-test: $(STAMP) ## the template's whole test suite (renders, generated tests, linters)
+test: $(STAMP) ## the template's whole test suite (its own lint, renders, generated tests, linters)
+	$(BIN)/ruff check tests hooks
+	$(BIN)/ruff format --check tests hooks
 	$(BIN)/pytest -n $(WORKERS) --dist loadgroup
 
 bench: $(STAMP) ## render a project per auth mode and run its benchmark (bare SDK vs secure stack)

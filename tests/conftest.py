@@ -54,9 +54,10 @@ def covering(*vary: str) -> list[dict[str, Any]]:
     count = max([len(varied)] + [len(values) for values in others.values()])
     return [
         {
-            name: (dict(zip(vary, varied[index % len(varied)], strict=True)) | {
-                other: values[index % len(values)] for other, values in others.items()
-            })[name]
+            name: (
+                dict(zip(vary, varied[index % len(varied)], strict=True))
+                | {other: values[index % len(values)] for other, values in others.items()}
+            )[name]
             for name in choices
         }
         for index in range(count)

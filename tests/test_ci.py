@@ -47,13 +47,29 @@ PROVIDER_GATES = {
     "github": {
         "3 SAST": ["github/codeql-action/analyze"],
         "5 dependencies": ["actions/dependency-review-action"],
-        "7 image": ["aquasecurity/trivy-action", "severity: HIGH,CRITICAL", "ignore-unfixed: true", 'exit-code: "1"',
-                    "format: cyclonedx", "cosign sign", "cosign attest", "actions/attest-build-provenance"],
+        "7 image": [
+            "aquasecurity/trivy-action",
+            "severity: HIGH,CRITICAL",
+            "ignore-unfixed: true",
+            'exit-code: "1"',
+            "format: cyclonedx",
+            "cosign sign",
+            "cosign attest",
+            "actions/attest-build-provenance",
+        ],
         "scorecard": ["ossf/scorecard-action"],
     },
     "gitlab": {
-        "7 image": ["trivy image", "--severity HIGH,CRITICAL", "--ignore-unfixed", "--exit-code 1",
-                    "--format cyclonedx", "cosign sign", "cosign attest", "--type slsaprovenance1"],
+        "7 image": [
+            "trivy image",
+            "--severity HIGH,CRITICAL",
+            "--ignore-unfixed",
+            "--exit-code 1",
+            "--format cyclonedx",
+            "cosign sign",
+            "cosign attest",
+            "--type slsaprovenance1",
+        ],
     },
 }
 
@@ -112,9 +128,11 @@ def unpinned_images(pipeline: dict[str, Any]) -> list[str]:
 
 
 def pipeline_text(project: Path, provider: str) -> str:
-    files = sorted((project / ".github" / "workflows").glob("*.yml")) if provider == "github" else [
-        project / ".gitlab-ci.yml"
-    ]
+    files = (
+        sorted((project / ".github" / "workflows").glob("*.yml"))
+        if provider == "github"
+        else [project / ".gitlab-ci.yml"]
+    )
     return "\n".join(path.read_text() for path in files)
 
 
@@ -126,22 +144,34 @@ def schema_check(project: Path, schema: str, *files: Path) -> subprocess.Complet
 
 def test_only_the_chosen_providers_files_are_generated(project: tuple[Path, str]) -> None:
     path, provider = project
-    github = [".github/workflows/ci.yml", ".github/workflows/codeql.yml", ".github/workflows/scorecard.yml",
-              ".github/dependabot.yml"]
+    github = [
+        ".github/workflows/ci.yml",
+        ".github/workflows/codeql.yml",
+        ".github/workflows/scorecard.yml",
+        ".github/dependabot.yml",
+    ]
     gitlab = [".gitlab-ci.yml", "renovate.json"]
     ours, theirs = (github, gitlab) if provider == "github" else (gitlab, github)
     assert all((path / name).is_file() for name in ours), ours
     assert not any((path / name).exists() for name in theirs), theirs
     assert not (path / ".github").exists() or provider == "github"
-    for common in (".pre-commit-config.yaml", ".semgrep/python.yml", ".secrets.baseline", ".yamllint.yaml", "docs/ci.md"):
+    for common in (
+        ".pre-commit-config.yaml",
+        ".semgrep/python.yml",
+        ".secrets.baseline",
+        ".yamllint.yaml",
+        "docs/ci.md",
+    ):
         assert (path / common).is_file(), common
 
 
 def test_pipeline_files_match_their_published_schemas(project: tuple[Path, str]) -> None:
     path, provider = project
     if provider == "github":
-        checks = [("vendor.github-workflows", *sorted((path / ".github" / "workflows").glob("*.yml"))),
-                  ("vendor.dependabot", path / ".github" / "dependabot.yml")]
+        checks = [
+            ("vendor.github-workflows", *sorted((path / ".github" / "workflows").glob("*.yml"))),
+            ("vendor.dependabot", path / ".github" / "dependabot.yml"),
+        ]
     else:
         checks = [("vendor.gitlab-ci", path / ".gitlab-ci.yml"), ("vendor.renovate", path / "renovate.json")]
     for schema, *files in checks:
@@ -239,8 +269,19 @@ def test_gitlab_pipeline_structure(project: tuple[Path, str]) -> None:
     stages = pipeline["stages"]
     assert stages == ["lint", "test", "sast", "secrets", "dependencies", "iac", "image", "smoke"]
     jobs = {name: job for name, job in pipeline.items() if isinstance(job, dict) and "script" in job}
-    assert {"lint", "test", "sast", "secrets", "secrets-history", "dependencies", "iac", "image-build",
-            "image-scan", "image-publish", "smoke"} <= set(jobs)
+    assert {
+        "lint",
+        "test",
+        "sast",
+        "secrets",
+        "secrets-history",
+        "dependencies",
+        "iac",
+        "image-build",
+        "image-scan",
+        "image-publish",
+        "smoke",
+    } <= set(jobs)
     assert unpinned_images(pipeline) == []
     for name, job in jobs.items():
         assert job["stage"] in stages, name
@@ -256,8 +297,15 @@ def test_gitlab_pipeline_structure(project: tuple[Path, str]) -> None:
     assert jobs["image-publish"]["id_tokens"]["SIGSTORE_ID_TOKEN"]["aud"] == "sigstore"
     # The scanned archive is what gets pushed, and the gates run before anything is built.
     assert set(jobs["image-publish"]["needs"]) == {"image-build", "image-scan"}
-    assert set(jobs["image-build"]["needs"]) == {"lint", "test", "sast", "secrets", "secrets-history",
-                                                  "dependencies", "iac"}
+    assert set(jobs["image-build"]["needs"]) == {
+        "lint",
+        "test",
+        "sast",
+        "secrets",
+        "secrets-history",
+        "dependencies",
+        "iac",
+    }
     assert jobs["image-scan"]["artifacts"]["reports"]["cyclonedx"] == ["sbom.cdx.json"]
     assert jobs["test"]["artifacts"]["reports"]["coverage_report"]["path"] == "coverage.xml"
     assert jobs["secrets-history"]["variables"]["GIT_DEPTH"] == "0"
@@ -265,8 +313,11 @@ def test_gitlab_pipeline_structure(project: tuple[Path, str]) -> None:
 
 def test_ci_uses_the_uv_the_template_pins(project: tuple[Path, str]) -> None:
     path, provider = project
-    template_uv = next(pin for pin in tomllib.loads((ROOT / "pyproject.toml").read_text())["dependency-groups"]["dev"]
-                       if pin.startswith("uv=="))
+    template_uv = next(
+        pin
+        for pin in tomllib.loads((ROOT / "pyproject.toml").read_text())["dependency-groups"]["dev"]
+        if pin.startswith("uv==")
+    )
     text = pipeline_text(path, provider)
     assert f'UV_VERSION: "{template_uv.removeprefix("uv==")}"' in text
 
@@ -314,7 +365,16 @@ def makefile_pin(project: Path, name: str) -> str:
 def test_semgrep_rules_are_clean_on_the_project_and_catch_each_violation(project: tuple[Path, str]) -> None:
     path, _ = project
     venv = tool_venv(path, f"semgrep=={makefile_pin(path, 'SEMGREP_VERSION')}")
-    scan = ("semgrep", "scan", "--config", ".semgrep/", "--metrics=off", "--disable-version-check", "--error", "--quiet")
+    scan = (
+        "semgrep",
+        "scan",
+        "--config",
+        ".semgrep/",
+        "--metrics=off",
+        "--disable-version-check",
+        "--error",
+        "--quiet",
+    )
     clean = run_in(path, venv, *scan, "src", "scripts")
     assert clean.returncode == 0, clean.stdout + clean.stderr
     planted = path / "planted"
@@ -362,7 +422,12 @@ def test_pre_commit_and_gate_targets_pass_on_a_fresh_render(project: tuple[Path,
     def pre_commit() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [UV, "run", "--frozen", "pre-commit", "run", "--all-files"],
-            cwd=path, env=env, capture_output=True, text=True, timeout=600, check=False,
+            cwd=path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
         )
 
     subprocess.run([UV, "lock", "--quiet"], cwd=path, env=env, check=True, timeout=600)
@@ -386,7 +451,12 @@ def test_pre_commit_and_gate_targets_pass_on_a_fresh_render(project: tuple[Path,
     # The make targets CI calls work the same way (semgrep from its Makefile pin, in uv's cache).
     make = subprocess.run(
         ["make", "--no-print-directory", "lint", "workflows", "secrets", "sast", f"UV={UV}"],
-        cwd=path, env=env, capture_output=True, text=True, timeout=600, check=False,
+        cwd=path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert make.returncode == 0, make.stdout[-6000:] + make.stderr[-3000:]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,9 @@ from conftest import CUSTOM, UV, combo_id, covering, questions, render
 # covering() gives hub-and-spoke the default zones; the last project names zones of its own.
 ZONED = covering("cloud")[0] | {"architecture": "hub-and-spoke", "spokes": ["edge", "core"], "auth_mode": "mtls+oauth"}
 PROJECTS = [
-    pytest.param({**CUSTOM, **answers}, id=combo_id(answers), marks=pytest.mark.xdist_group(f"deploy-{combo_id(answers)}"))
+    pytest.param(
+        {**CUSTOM, **answers}, id=combo_id(answers), marks=pytest.mark.xdist_group(f"deploy-{combo_id(answers)}")
+    )
     for answers in [*covering("cloud"), ZONED]
 ]
 SLUG = "payments-risk-gateway"
@@ -74,7 +75,9 @@ def make(project: Path, target: str = "iac") -> subprocess.CompletedProcess[str]
 
 
 @pytest.fixture(scope="module", params=PROJECTS)
-def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+def project(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, Any], str]:
     """A rendered project after its own `make iac`, and what the gate printed."""
     answers: dict[str, Any] = request.param
     rendered = render(tmp_path_factory.mktemp("deploy") / "project", answers)
@@ -128,7 +131,10 @@ def hardened_container(deployment: dict[str, Any]) -> dict[str, Any]:
     assert pod["serviceAccountName"] == SLUG
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-    assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+    assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {
+        "topology.kubernetes.io/zone",
+        "kubernetes.io/hostname",
+    }
     (container,) = pod["containers"]
     context = container["securityContext"]
     assert context["runAsNonRoot"] is True
@@ -149,7 +155,9 @@ def test_the_workload_is_hardened_as_documented(project: tuple[Path, dict[str, A
     path, answers, _ = project
     everything = built(path, answers["cloud"])
     slug = SLUG
-    namespaces = {"payments-risk"} | {f"payments-risk-{name}" for name in zones(answers) + federation_peers(answers)[1:]}
+    namespaces = {"payments-risk"} | {
+        f"payments-risk-{name}" for name in zones(answers) + federation_peers(answers)[1:]
+    }
     assert {o["metadata"]["name"] for o in everything if o["kind"] == "Namespace"} == namespaces
     assert all(o["metadata"].get("namespace") in namespaces for o in everything if o["kind"] != "Namespace")
     objects = in_namespace(everything, "payments-risk")
@@ -160,7 +168,9 @@ def test_the_workload_is_hardened_as_documented(project: tuple[Path, dict[str, A
     deny = objects[("NetworkPolicy", "default-deny")]["spec"]
     assert deny["podSelector"] == {}
     assert set(deny["policyTypes"]) == {"Ingress", "Egress"}
-    egress_ports = {port["port"] for rule in objects[("NetworkPolicy", slug)]["spec"]["egress"] for port in rule["ports"]}
+    egress_ports = {
+        port["port"] for rule in objects[("NetworkPolicy", slug)]["spec"]["egress"] for port in rule["ports"]
+    }
     assert (443 in egress_ports) == ("oauth" in answers["auth_mode"]), "JWKS egress only for the OAuth modes"
     if answers["cloud"] == "on-prem":
         ingress = objects[("Ingress", slug)]
@@ -182,7 +192,9 @@ def test_the_workload_is_hardened_as_documented(project: tuple[Path, dict[str, A
     assert all("csi" not in volume for volume in pod["volumes"])
     certificate = objects[("Certificate", f"{slug}-tls")]["spec"]
     # A federated project's first peer has its own trust domain (check_federation).
-    trust_domain = f"{federation_peers(answers)[0]}.{answers['domain']}" if federation_peers(answers) else answers["domain"]
+    trust_domain = (
+        f"{federation_peers(answers)[0]}.{answers['domain']}" if federation_peers(answers) else answers["domain"]
+    )
     assert certificate["uris"] == [f"spiffe://{trust_domain}/ns/payments-risk/sa/{slug}"]
 
 
@@ -224,7 +236,9 @@ def test_the_secret_store_overlay_mounts_the_clouds_secrets_and_changes_nothing_
         assert objects == [{"objectName": f"{slug}-tools", "objectType": "secretsmanager", "objectAlias": "tools"}]
     elif cloud == "gcp":
         secrets = yaml.safe_load(parameters["secrets"])
-        assert secrets == [{"resourceName": f"projects/PROJECT_ID/secrets/{slug}-tools/versions/latest", "path": "tools"}]
+        assert secrets == [
+            {"resourceName": f"projects/PROJECT_ID/secrets/{slug}-tools/versions/latest", "path": "tools"}
+        ]
     else:
         assert parameters["usePodIdentity"] == "false"
         assert (parameters["clientID"], parameters["keyvaultName"], parameters["tenantID"]) == (
@@ -266,7 +280,10 @@ def peers(objects: dict[tuple[str, str], dict[str, Any]], direction: str) -> lis
     "egress"), for the pods of the project; a rule without peers or ports would allow everything."""
     found = []
     for (kind, _), policy in objects.items():
-        if kind != "NetworkPolicy" or policy["spec"]["podSelector"] not in ({}, {"matchLabels": {"app.kubernetes.io/name": SLUG}}):
+        if kind != "NetworkPolicy" or policy["spec"]["podSelector"] not in (
+            {},
+            {"matchLabels": {"app.kubernetes.io/name": SLUG}},
+        ):
             continue
         for rule in policy["spec"].get(direction, []):
             ports = [(port["port"], port["protocol"]) for port in rule.get("ports", [])]
@@ -286,8 +303,10 @@ def check_hub_and_spoke(everything: list[dict[str, Any]], answers: dict[str, Any
     zone_names = zones(answers)
     spoke_namespaces = [f"{HUB_NAMESPACE}-{zone}" for zone in zone_names]
     hub_pods = {"matchLabels": {"app.kubernetes.io/name": SLUG}}
-    dns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
-           "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+    dns = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+    }
     hub = in_namespace(everything, HUB_NAMESPACE)
     hub_container = hardened_container(hub[("Deployment", SLUG)])
     hub_env = {item["name"]: item.get("value") for item in hub_container["env"]}
@@ -313,8 +332,11 @@ def check_hub_and_spoke(everything: list[dict[str, Any]], answers: dict[str, Any
     # Clients reach the hub only: nothing in a zone namespace is exposed outside the cluster.
     assert not [o for o in everything if o["kind"] == "Ingress" and o["metadata"]["namespace"] != HUB_NAMESPACE]
     assert not [
-        o for o in everything
-        if o["kind"] == "Service" and o["spec"].get("type", "ClusterIP") != "ClusterIP" and o["metadata"]["namespace"] != HUB_NAMESPACE
+        o
+        for o in everything
+        if o["kind"] == "Service"
+        and o["spec"].get("type", "ClusterIP") != "ClusterIP"
+        and o["metadata"]["namespace"] != HUB_NAMESPACE
     ]
     for zone, namespace in zip(zone_names, spoke_namespaces, strict=True):
         spoke = in_namespace(everything, namespace)
@@ -326,7 +348,9 @@ def check_hub_and_spoke(everything: list[dict[str, Any]], answers: dict[str, Any
         assert env[f"{PREFIX}ROLE"] == "spoke"
         assert env[f"{PREFIX}ZONE"] == zone
         assert env[f"{PREFIX}POLICY_FILE"] == "/app/config/spoke-policy.toml"
-        assert env[f"{PREFIX}TLS_CLIENT_CA_FILE"] == "/etc/mcp/tls/ca.crt", "a spoke always requires a client certificate"
+        assert env[f"{PREFIX}TLS_CLIENT_CA_FILE"] == "/etc/mcp/tls/ca.crt", (
+            "a spoke always requires a client certificate"
+        )
         assert f"{PREFIX}SPOKE_URLS" not in env
         service = spoke[("Service", SLUG)]["spec"]
         assert service["type"] == "ClusterIP"
@@ -343,7 +367,10 @@ def check_hub_and_spoke(everything: list[dict[str, Any]], answers: dict[str, Any
         # In: the MCP port from the hub's pods (its namespace AND its label, one peer), ops from
         # monitoring; nothing from another zone, a client or this namespace. Out: DNS only.
         # The mesh adds its port from the hub's pods (and Istio's from monitoring and the probes).
-        hub_peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": HUB_NAMESPACE}}, "podSelector": hub_pods}
+        hub_peer = {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": HUB_NAMESPACE}},
+            "podSelector": hub_pods,
+        }
         monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
         mesh_in = [(hub_peer, mesh_ports)] if mesh_ports else []
         if mesh == "istio":
@@ -354,8 +381,14 @@ def check_hub_and_spoke(everything: list[dict[str, Any]], answers: dict[str, Any
         ), allowed_in
         control_plane = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "linkerd"}}}
         allowed_out = [peer for peer, _ in peers(spoke, "egress")]
-        assert sorted(map(repr, allowed_out)) == sorted(map(repr, [dns] + ([control_plane] if mesh == "linkerd" else [])))
-        assert all(policy["spec"]["podSelector"] in ({}, hub_pods) for (kind, _), policy in spoke.items() if kind == "NetworkPolicy")
+        assert sorted(map(repr, allowed_out)) == sorted(
+            map(repr, [dns] + ([control_plane] if mesh == "linkerd" else []))
+        )
+        assert all(
+            policy["spec"]["podSelector"] in ({}, hub_pods)
+            for (kind, _), policy in spoke.items()
+            if kind == "NetworkPolicy"
+        )
 
 
 def federation_peers(answers: dict[str, Any]) -> list[str]:
@@ -372,8 +405,10 @@ def check_federation(everything: list[dict[str, Any]], answers: dict[str, Any]) 
     names = federation_peers(answers)
     namespaces = {peer: HUB_NAMESPACE if index == 0 else f"{HUB_NAMESPACE}-{peer}" for index, peer in enumerate(names)}
     app = {"matchLabels": {"app.kubernetes.io/name": SLUG}}
-    dns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
-           "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+    dns = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+    }
     monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
     control_plane = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "linkerd"}}}
     mesh = answers["service_mesh"]
@@ -393,7 +428,9 @@ def check_federation(everything: list[dict[str, Any]], answers: dict[str, Any]) 
         settings.append(federation)
         mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
         assert mounts["federation-cas"]["mountPath"] == "/etc/mcp/federation"
-        volumes = {volume["name"]: volume for volume in objects[("Deployment", SLUG)]["spec"]["template"]["spec"]["volumes"]}
+        volumes = {
+            volume["name"]: volume for volume in objects[("Deployment", SLUG)]["spec"]["template"]["spec"]["volumes"]
+        }
         assert volumes["federation-cas"]["configMap"]["name"] == f"{SLUG}-federation-cas"
         # Its own identity in its own trust domain, from a namespaced Issuer (its own CA).
         certificate = objects[("Certificate", f"{SLUG}-tls")]["spec"]
@@ -403,8 +440,11 @@ def check_federation(everything: list[dict[str, Any]], answers: dict[str, Any]) 
         assert issuer["kind"] == "Issuer"
         assert ("Issuer", issuer["name"]) in objects, "each peer's own namespaced Issuer"
         # Between the peers: the MCP port in from the other peers' pods, 8443 out to them.
-        others = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespaces[o]}}, "podSelector": app}
-                  for o in names if o != peer]
+        others = [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespaces[o]}}, "podSelector": app}
+            for o in names
+            if o != peer
+        ]
         allowed_in = peers(objects, "ingress")
         from_peers = [(p, ports) for p, ports in allowed_in if p in others]
         assert sorted(map(repr, from_peers)) == sorted(
@@ -426,7 +466,9 @@ def check_federation(everything: list[dict[str, Any]], answers: dict[str, Any]) 
             expected_in += [(monitoring, mesh_ports), ({"ipBlock": {"cidr": "169.254.7.127/32"}}, [("ops", "TCP")])]
         assert sorted(map(repr, rest_in)) == sorted(map(repr, expected_in)), rest_in
         rest_out = [p for p, _ in peers(objects, "egress") if namespace_of(p) not in namespaces.values()]
-        assert all(p in (dns, control_plane) or ("ipBlock" in p and "oauth" in answers["auth_mode"]) for p in rest_out), rest_out
+        assert all(
+            p in (dns, control_plane) or ("ipBlock" in p and "oauth" in answers["auth_mode"]) for p in rest_out
+        ), rest_out
         service = objects[("Service", SLUG)]["spec"]
         assert service["type"] == "ClusterIP"
     # The same federation everywhere: every peer's URL, identity (own trust domain) and CA file.
@@ -440,8 +482,11 @@ def check_federation(everything: list[dict[str, Any]], answers: dict[str, Any]) 
     # Clients reach the first peer only: nothing in another peer's namespace is exposed outside the cluster.
     assert not [o for o in everything if o["kind"] == "Ingress" and o["metadata"]["namespace"] != HUB_NAMESPACE]
     assert not [
-        o for o in everything
-        if o["kind"] == "Service" and o["spec"].get("type", "ClusterIP") != "ClusterIP" and o["metadata"]["namespace"] != HUB_NAMESPACE
+        o
+        for o in everything
+        if o["kind"] == "Service"
+        and o["spec"].get("type", "ClusterIP") != "ClusterIP"
+        and o["metadata"]["namespace"] != HUB_NAMESPACE
     ]
 
 
@@ -467,19 +512,32 @@ def test_hub_and_spoke_isolates_each_zone(project: tuple[Path, dict[str, Any], s
     assert "!config/spoke-policy.toml" in (path / ".dockerignore").read_text().splitlines()
     # kind: hub and spokes run the image make kind-up loads, never pulled.
     local = built(path, "local")
-    images = {(o["metadata"]["namespace"], c["image"], c["imagePullPolicy"])
-              for o in local if o["kind"] == "Deployment" for c in o["spec"]["template"]["spec"]["containers"]}
-    assert images == {(namespace, f"{SLUG}:dev", "IfNotPresent") for namespace in [HUB_NAMESPACE, *(f"{HUB_NAMESPACE}-{zone}" for zone in zones(answers))]}
+    images = {
+        (o["metadata"]["namespace"], c["image"], c["imagePullPolicy"])
+        for o in local
+        if o["kind"] == "Deployment"
+        for c in o["spec"]["template"]["spec"]["containers"]
+    }
+    assert images == {
+        (namespace, f"{SLUG}:dev", "IfNotPresent")
+        for namespace in [HUB_NAMESPACE, *(f"{HUB_NAMESPACE}-{zone}" for zone in zones(answers))]
+    }
     # make kind-up gives every zone the kind CA and waits for its spoke; the smoke call goes to the hub.
     makefile = (path / "Makefile").read_text()
     assert f"for zone in {' '.join(zones(answers))}; do" in makefile
-    assert (f"kubectl -n {HUB_NAMESPACE} port-forward service/{SLUG} 18443:443" in makefile) == ("mtls" in answers["auth_mode"])
+    assert (f"kubectl -n {HUB_NAMESPACE} port-forward service/{SLUG} 18443:443" in makefile) == (
+        "mtls" in answers["auth_mode"]
+    )
 
 
 def plant(everything: list[dict[str, Any]], kind: str, name: str, namespace: str, change: Any) -> list[dict[str, Any]]:
     """A deep copy of the built objects with ``change`` applied to one of them."""
     planted = copy.deepcopy(everything)
-    (target,) = [o for o in planted if o["kind"] == kind and o["metadata"]["name"] == name and o["metadata"].get("namespace") == namespace]
+    (target,) = [
+        o
+        for o in planted
+        if o["kind"] == kind and o["metadata"]["name"] == name and o["metadata"].get("namespace") == namespace
+    ]
     change(target)
     return planted
 
@@ -494,11 +552,26 @@ def test_check_federation_catches_planted_defects(project: tuple[Path, dict[str,
     other = f"{HUB_NAMESPACE}-{second}"
     defects = [
         # A peer's certificate in another peer's trust domain.
-        ("Certificate", f"{SLUG}-tls", other, lambda o: o["spec"].update(uris=[f"spiffe://{first}.{answers['domain']}/ns/{other}/sa/{SLUG}"])),
+        (
+            "Certificate",
+            f"{SLUG}-tls",
+            other,
+            lambda o: o["spec"].update(uris=[f"spiffe://{first}.{answers['domain']}/ns/{other}/sa/{SLUG}"]),
+        ),
         # The first peer's MCP port open to every pod of another peer's namespace, not only the peer.
-        ("NetworkPolicy", f"{SLUG}-federation", HUB_NAMESPACE, lambda o: o["spec"]["ingress"][0]["from"][0].pop("podSelector")),
+        (
+            "NetworkPolicy",
+            f"{SLUG}-federation",
+            HUB_NAMESPACE,
+            lambda o: o["spec"]["ingress"][0]["from"][0].pop("podSelector"),
+        ),
         # One peer with an allow-list of its own.
-        ("ConfigMap", f"{SLUG}-federation", other, lambda o: o["data"].update({f"{PREFIX}FEDERATION_PEER_IDS": "x=spiffe://x/y"})),
+        (
+            "ConfigMap",
+            f"{SLUG}-federation",
+            other,
+            lambda o: o["data"].update({f"{PREFIX}FEDERATION_PEER_IDS": "x=spiffe://x/y"}),
+        ),
         # A peer without client auth: it could not call the others.
         ("Certificate", f"{SLUG}-tls", HUB_NAMESPACE, lambda o: o["spec"]["usages"].remove("client auth")),
     ]
@@ -511,18 +584,27 @@ def test_check_federation_catches_planted_defects(project: tuple[Path, dict[str,
 # make target, expected output). The policy defect needs only `make policy`, which `iac` runs first.
 DEFECTS = {
     "writable-root-filesystem": (
-        "deploy/k8s/base/deployment.yaml", "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false",
-        "iac", "CKV_K8S_22",
+        "deploy/k8s/base/deployment.yaml",
+        "readOnlyRootFilesystem: true",
+        "readOnlyRootFilesystem: false",
+        "iac",
+        "CKV_K8S_22",
     ),
     # An image from another registry breaks the organisation's rule ORG_K8S_6.
     "foreign-registry": (
-        "deploy/k8s/base/kustomization.yaml", "newName: ghcr.io/example/", "newName: docker.io/example/",
-        "iac", "ORG_K8S_6",
+        "deploy/k8s/base/kustomization.yaml",
+        "newName: ghcr.io/example/",
+        "newName: docker.io/example/",
+        "iac",
+        "ORG_K8S_6",
     ),
     # A rule that no longer fails on its violating fixture.
     "toothless-rule": (
-        "policy/checks/run_as_non_root.yaml", "operator: equals\n  value: true", "operator: exists",
-        "policy", "ORG_K8S_1 did not fail on policy/fixtures/fail/ORG_K8S_1.yaml",
+        "policy/checks/run_as_non_root.yaml",
+        "operator: equals\n  value: true",
+        "operator: exists",
+        "policy",
+        "ORG_K8S_1 did not fail on policy/fixtures/fail/ORG_K8S_1.yaml",
     ),
     "root-container": ("Dockerfile", "USER 10001:10001\n", "", "iac", "CKV_DOCKER_3"),
 }

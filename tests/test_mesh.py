@@ -87,7 +87,8 @@ def objects_of(manifest: str, namespace: str = NAMESPACE) -> dict[tuple[str, str
     return {
         (o["kind"], o["metadata"]["name"]): o
         for o in yaml.safe_load_all(manifest)
-        if o and o["metadata"].get("namespace", o["metadata"]["name"] if o["kind"] == "Namespace" else None) == namespace
+        if o
+        and o["metadata"].get("namespace", o["metadata"]["name"] if o["kind"] == "Namespace" else None) == namespace
     }
 
 
@@ -157,7 +158,9 @@ def crd_schemas() -> Path:
                 shutil.copy(source / name, target / name)
             npm = shutil.which("npm")
             assert npm, "npm (Node.js 18+) is needed to validate custom resources against their CRDs"
-            subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--silent"], cwd=target, check=True)
+            subprocess.run(
+                [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--silent"], cwd=target, check=True
+            )
             (target / ".complete").touch()
     return target
 
@@ -168,7 +171,9 @@ def test_custom_resources_validate_against_their_crds(
     """cert-manager's and Istio's kinds against their CRDs' schemas (types, required fields,
     enums); Linkerd's and Secrets Store CSI's have no offline schema (docs/deployment.md)."""
     schemas = crd_schemas()
-    objects = [o for _, _, builds in built for path in builds.values() for o in yaml.safe_load_all(path.read_text()) if o]
+    objects = [
+        o for _, _, builds in built for path in builds.values() for o in yaml.safe_load_all(path.read_text()) if o
+    ]
     result = subprocess.run(
         ["node", str(schemas / "validate.mjs")],
         input=json.dumps(objects),
@@ -191,7 +196,12 @@ def test_custom_resources_validate_against_their_crds(
     peer["spec"]["mtls"]["mode"], certificate["spec"]["duration"] = "STRICTLY", 2160
     broken = [peer, certificate]
     result = subprocess.run(
-        ["node", str(schemas / "validate.mjs")], input=json.dumps(broken), capture_output=True, text=True, cwd=schemas, check=False
+        ["node", str(schemas / "validate.mjs")],
+        input=json.dumps(broken),
+        capture_output=True,
+        text=True,
+        cwd=schemas,
+        check=False,
     )
     assert result.returncode == 1
     assert "data/spec/mtls/mode must be equal to one of the allowed values" in result.stdout
@@ -247,10 +257,17 @@ def check_mesh(objects: dict[tuple[str, str], dict[str, Any]], mesh: str, caller
         return
     assert mesh_policy["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": app}}
     caller_pods = [
-        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": caller}}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": SLUG}}}
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": caller}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": SLUG}},
+        }
         for caller in callers
     ]
-    from_callers = [{"from": caller_pods, "ports": [{"port": 15008 if mesh == "istio" else 4143, "protocol": "TCP"}]}] if callers else []
+    from_callers = (
+        [{"from": caller_pods, "ports": [{"port": 15008 if mesh == "istio" else 4143, "protocol": "TCP"}]}]
+        if callers
+        else []
+    )
     if mesh == "istio":
         assert labels["istio.io/dataplane-mode"] == "ambient"
         assert "istio-injection" not in labels, "sidecars would need istio-init (NET_ADMIN) or istio-cni"
@@ -372,7 +389,9 @@ def test_the_mesh_objects_are_as_documented(
         port = 15008 if mesh == "istio" else 4143
         first_egress = objects_of(shipped)[("NetworkPolicy", f"{SLUG}-mesh")]["spec"]["egress"][-1]
         assert first_egress["ports"] == [{"port": port, "protocol": "TCP"}]
-        assert [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in first_egress["to"]] == others
+        assert [
+            peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in first_egress["to"]
+        ] == others
         for namespace in others:
             callers = [NAMESPACE] + ([o for o in others if o != namespace] if architecture == "federated" else [])
             check_spoke_mesh(objects_of(shipped, namespace), mesh, callers)
@@ -417,7 +436,9 @@ def test_planted_mesh_defects_are_caught(tmp_path: Path) -> None:
     assert f"FAILED for resource: PeerAuthentication.{NAMESPACE}.{SLUG}" in result.stdout
 
     # A spoke whose MCP port any mesh identity may call, not only the hub's.
-    hub = render(tmp_path / "hub", {**CUSTOM, "service_mesh": "istio", "architecture": "hub-and-spoke"}, skip_tasks=True)
+    hub = render(
+        tmp_path / "hub", {**CUSTOM, "service_mesh": "istio", "architecture": "hub-and-spoke"}, skip_tasks=True
+    )
     component = hub / "deploy" / "k8s" / "components" / "mesh" / "istio.yaml"
     hub_only = f"- cluster.local/ns/{NAMESPACE}/sa/{SLUG}"
     assert hub_only in component.read_text()

@@ -87,11 +87,23 @@ def test_each_auth_mode_gets_only_its_own_code(tmp_path: Path) -> None:
 
 # The files only one architecture has (package files under src/<package>/).
 ARCHITECTURE_FILES = {
-    "hub-and-spoke": {"src/payments_risk_gateway/hub.py", "config/spoke-policy.toml", "scripts/dev_spokes.py",
-                      "tests/test_hub.py", "deploy/k8s/spokes/spokes.yaml", "docs/hub-and-spoke.md"},
-    "federated": {"src/payments_risk_gateway/federation.py", "src/payments_risk_gateway/security/trust.py",
-                  "scripts/dev_peers.py", "tests/test_federation.py", "deploy/k8s/peers/peers.yaml",
-                  "deploy/k8s/peers/networkpolicy.yaml", "docs/federated.md"},
+    "hub-and-spoke": {
+        "src/payments_risk_gateway/hub.py",
+        "config/spoke-policy.toml",
+        "scripts/dev_spokes.py",
+        "tests/test_hub.py",
+        "deploy/k8s/spokes/spokes.yaml",
+        "docs/hub-and-spoke.md",
+    },
+    "federated": {
+        "src/payments_risk_gateway/federation.py",
+        "src/payments_risk_gateway/security/trust.py",
+        "scripts/dev_peers.py",
+        "tests/test_federation.py",
+        "deploy/k8s/peers/peers.yaml",
+        "deploy/k8s/peers/networkpolicy.yaml",
+        "docs/federated.md",
+    },
 }
 # Shared by the two architectures that relay to other servers.
 RELAY_FILES = {"src/payments_risk_gateway/upstream.py", "scripts/dev_servers.py"}
@@ -102,7 +114,10 @@ def test_each_architecture_gets_only_its_own_files(rendered: tuple[Path, dict[st
     present = {str(path.relative_to(project)) for path in files(project)}
     architecture = answers["architecture"]
     for name, owned in ARCHITECTURE_FILES.items():
-        assert (owned <= present) == (name == architecture), (name, owned - present if name == architecture else owned & present)
+        assert (owned <= present) == (name == architecture), (
+            name,
+            owned - present if name == architecture else owned & present,
+        )
         assert not owned & present or name == architecture
     assert (RELAY_FILES <= present) == (architecture != "standalone")
     assert not RELAY_FILES & present or architecture != "standalone"
@@ -116,9 +131,10 @@ def test_each_architecture_gets_only_its_own_files(rendered: tuple[Path, dict[st
             identity = f"spiffe://{peer}.{answers['domain']}/ns/{namespace}/sa/payments-risk-gateway"
             assert identity in settings
             assert identity in policy
-        assert f'ROUTE_KEY = "{".".join(reversed(answers["domain"].split(".")))}/federation"' in (
-            project / "src" / "payments_risk_gateway" / "federation.py"
-        ).read_text()
+        assert (
+            f'ROUTE_KEY = "{".".join(reversed(answers["domain"].split(".")))}/federation"'
+            in (project / "src" / "payments_risk_gateway" / "federation.py").read_text()
+        )
 
 
 def test_compliance_matrix_lists_exactly_the_chosen_frameworks(tmp_path: Path) -> None:
@@ -141,6 +157,7 @@ def test_untrusted_copy_gives_the_same_project(tmp_path: Path) -> None:
     """Tasks are a convenience: without --trust (tasks skipped) the tree is the same, minus git."""
     trusted = render(tmp_path / "trusted", trust=True)
     untrusted = render(tmp_path / "untrusted", trust=False, skip_tasks=True)
+
     def tree(root: Path) -> dict[Path, bytes]:
         # A dirty template checkout is committed afresh for each copy: _commit may differ.
         return {p.relative_to(root): re.sub(rb"_commit: .*\n", b"", p.read_bytes()) for p in files(root)}
@@ -148,7 +165,9 @@ def test_untrusted_copy_gives_the_same_project(tmp_path: Path) -> None:
     assert tree(trusted) == tree(untrusted)
     assert (trusted / ".git").is_dir()
     assert not (untrusted / ".git").exists()
-    branch = subprocess.run(["git", "-C", str(trusted), "symbolic-ref", "--short", "HEAD"], capture_output=True, text=True)
+    branch = subprocess.run(
+        ["git", "-C", str(trusted), "symbolic-ref", "--short", "HEAD"], check=True, capture_output=True, text=True
+    )
     assert branch.stdout.strip() == "main"
 
 

@@ -60,7 +60,9 @@ def test_update_merges_a_template_fix_and_keeps_local_changes(tmp_path: Path) ->
     # The template ships a hardening fix as v1.1.0.
     headers = template / HEADERS_MODULE
     text = headers.read_text()
-    headers.write_text(text.replace('    (b"cache-control", b"no-store"),\n', f'    (b"cache-control", b"no-store"),\n{FIX}'))
+    headers.write_text(
+        text.replace('    (b"cache-control", b"no-store"),\n', f'    (b"cache-control", b"no-store"),\n{FIX}')
+    )
     commit_all(template, "add Permissions-Policy")
     git(template, "tag", "v1.1.0")
 

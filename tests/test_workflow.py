@@ -115,7 +115,9 @@ def test_make_client_calls_the_dev_server(dev_server: tuple[Path, list[str]]) ->
     assert '"revoked": true' in operator.stdout
     assert denied.returncode != 0
     # A token-only caller is told which scope it lacks (HTTP 403); otherwise the tool is refused as unknown.
-    refusal = 'error="insufficient_scope"' if mode == "oauth" else "revoke_session refused: Unknown tool or not permitted"
+    refusal = (
+        'error="insufficient_scope"' if mode == "oauth" else "revoke_session refused: Unknown tool or not permitted"
+    )
     assert refusal in denied.stdout + denied.stderr
 
 
@@ -134,7 +136,9 @@ def test_make_token_prints_a_short_lived_token_for_the_dev_issuer(installed: Pat
 
 def test_benchmark_prints_the_comparison_table(installed: Path) -> None:
     venv = project_venv(installed)
-    result = run_in(installed, venv, "python", "scripts/bench.py", "--calls", "40", "--repeat", "1", "--concurrency", "1,4")
+    result = run_in(
+        installed, venv, "python", "scripts/bench.py", "--calls", "40", "--repeat", "1", "--concurrency", "1,4"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     architecture = yaml.safe_load((installed / ".copier-answers.yml").read_text())["architecture"]
     tables = result.stdout.split("the hub's cost: " if architecture == "hub-and-spoke" else "the federation's cost: ")
