@@ -298,6 +298,16 @@ def namespace_of(peer: dict[str, Any]) -> str | None:
     return peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
 
 
+def exposed_outside_the_first_namespace(everything: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ingresses and load-balanced Services beyond the namespace clients call (hub or first peer)."""
+    return [
+        o
+        for o in everything
+        if o["metadata"]["namespace"] != HUB_NAMESPACE
+        and (o["kind"] == "Ingress" or (o["kind"] == "Service" and o["spec"].get("type", "ClusterIP") != "ClusterIP"))
+    ]
+
+
 def check_hub_and_spoke(everything: list[dict[str, Any]], answers: dict[str, Any]) -> None:
     """The isolation docs/deployment.md promises for hub-and-spoke, on one built overlay."""
     zone_names = zones(answers)
@@ -330,14 +340,7 @@ def check_hub_and_spoke(everything: list[dict[str, Any]], answers: dict[str, Any
     others = [peer for peer, _ in hub_egress if namespace_of(peer) not in spoke_namespaces]
     assert all(peer == dns or ("ipBlock" in peer and "oauth" in answers["auth_mode"]) for peer in others), others
     # Clients reach the hub only: nothing in a zone namespace is exposed outside the cluster.
-    assert not [o for o in everything if o["kind"] == "Ingress" and o["metadata"]["namespace"] != HUB_NAMESPACE]
-    assert not [
-        o
-        for o in everything
-        if o["kind"] == "Service"
-        and o["spec"].get("type", "ClusterIP") != "ClusterIP"
-        and o["metadata"]["namespace"] != HUB_NAMESPACE
-    ]
+    assert not exposed_outside_the_first_namespace(everything)
     for zone, namespace in zip(zone_names, spoke_namespaces, strict=True):
         spoke = in_namespace(everything, namespace)
         assert_restricted(spoke[("Namespace", namespace)])
@@ -480,14 +483,7 @@ def check_federation(everything: list[dict[str, Any]], answers: dict[str, Any]) 
     cas = dict(pair.strip().split("=", 1) for pair in settings[0][f"{PREFIX}FEDERATION_CA_FILES"].split(","))
     assert cas == {peer: f"/etc/mcp/federation/{peer}.crt" for peer in names}
     # Clients reach the first peer only: nothing in another peer's namespace is exposed outside the cluster.
-    assert not [o for o in everything if o["kind"] == "Ingress" and o["metadata"]["namespace"] != HUB_NAMESPACE]
-    assert not [
-        o
-        for o in everything
-        if o["kind"] == "Service"
-        and o["spec"].get("type", "ClusterIP") != "ClusterIP"
-        and o["metadata"]["namespace"] != HUB_NAMESPACE
-    ]
+    assert not exposed_outside_the_first_namespace(everything)
 
 
 def test_hub_and_spoke_isolates_each_zone(project: tuple[Path, dict[str, Any], str]) -> None:

@@ -165,6 +165,18 @@ def crd_schemas() -> Path:
     return target
 
 
+def validate_against_crds(schemas: Path, objects: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    """validate.mjs over ``objects``: a line per object, exit 1 on any error."""
+    return subprocess.run(
+        ["node", str(schemas / "validate.mjs")],
+        input=json.dumps(objects),
+        capture_output=True,
+        text=True,
+        cwd=schemas,
+        check=False,
+    )
+
+
 def test_custom_resources_validate_against_their_crds(
     built: list[tuple[dict[str, Any], Path, dict[str, Path]]],
 ) -> None:
@@ -174,14 +186,7 @@ def test_custom_resources_validate_against_their_crds(
     objects = [
         o for _, _, builds in built for path in builds.values() for o in yaml.safe_load_all(path.read_text()) if o
     ]
-    result = subprocess.run(
-        ["node", str(schemas / "validate.mjs")],
-        input=json.dumps(objects),
-        capture_output=True,
-        text=True,
-        cwd=schemas,
-        check=False,
-    )
+    result = validate_against_crds(schemas, objects)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     validated = {tuple(line.split()[1:3]) for line in result.stdout.splitlines() if line.startswith("valid ")}
     assert validated == {
@@ -195,14 +200,7 @@ def test_custom_resources_validate_against_their_crds(
     certificate = next(o for o in objects if o["kind"] == "Certificate")
     peer["spec"]["mtls"]["mode"], certificate["spec"]["duration"] = "STRICTLY", 2160
     broken = [peer, certificate]
-    result = subprocess.run(
-        ["node", str(schemas / "validate.mjs")],
-        input=json.dumps(broken),
-        capture_output=True,
-        text=True,
-        cwd=schemas,
-        check=False,
-    )
+    result = validate_against_crds(schemas, broken)
     assert result.returncode == 1
     assert "data/spec/mtls/mode must be equal to one of the allowed values" in result.stdout
     assert "data/spec/duration must be string" in result.stdout

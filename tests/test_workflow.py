@@ -153,6 +153,20 @@ def test_benchmark_prints_the_comparison_table(installed: Path) -> None:
     assert not result.stdout.rstrip().endswith("server: 0")
 
 
+def relayed_whoami(
+    project: Path, variables: list[str], upstream: str, deadline: float
+) -> subprocess.CompletedProcess[str]:
+    """``make client`` of ``<upstream>.whoami`` as the operator, again until it answers or
+    ``deadline``: the relaying server learns an upstream's tools within seconds of it coming up."""
+    while True:
+        result = make(project, "client", *variables, "IDENTITY=operator", f"TOOL={upstream}.whoami")
+        if result.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
 def test_make_dev_runs_the_hub_in_front_of_every_zones_spoke(dev_server: tuple[Path, list[str]]) -> None:
     project, variables = dev_server
     answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
@@ -162,13 +176,7 @@ def test_make_dev_runs_the_hub_in_front_of_every_zones_spoke(dev_server: tuple[P
     # Four servers start at once on a busy machine; the hub probes a missing spoke every 2 s.
     deadline = time.monotonic() + 120
     for zone in answers["spokes"]:
-        # The hub learns a spoke's tools within seconds of the spoke coming up.
-        while True:
-            result = make(project, "client", *variables, "IDENTITY=operator", f"TOOL={zone}.whoami")
-            if result.returncode == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(1)
-        assert result.returncode == 0, result.stdout + result.stderr
+        result = relayed_whoami(project, variables, zone, deadline)
         # The spoke saw the hub's certificate, never the operator's credentials.
         assert '"id": "spiffe://mcp.example.com/ns/acme-mcp-server/sa/acme-mcp-server"' in result.stdout
         assert '"authenticated_by": "mtls"' in result.stdout
@@ -183,13 +191,7 @@ def test_make_dev_runs_every_federated_peer(dev_server: tuple[Path, list[str]]) 
     first, *others = answers["federation_peers"]
     deadline = time.monotonic() + 120
     for peer in others:
-        # The first peer learns another's tools within seconds of it coming up.
-        while True:
-            result = make(project, "client", *variables, "IDENTITY=operator", f"TOOL={peer}.whoami")
-            if result.returncode == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(1)
-        assert result.returncode == 0, result.stdout + result.stderr
+        result = relayed_whoami(project, variables, peer, deadline)
         # The other peer saw the first peer's own identity (its own trust domain), not the operator's token.
         assert f'"id": "spiffe://{first}.mcp.example.com/ns/acme-mcp-server/sa/acme-mcp-server"' in result.stdout
         assert '"authenticated_by": "mtls"' in result.stdout
