@@ -303,8 +303,8 @@ def exposed_outside_the_first_namespace(everything: list[dict[str, Any]]) -> lis
     return [
         o
         for o in everything
-        if o["metadata"]["namespace"] != HUB_NAMESPACE
-        and (o["kind"] == "Ingress" or (o["kind"] == "Service" and o["spec"].get("type", "ClusterIP") != "ClusterIP"))
+        if (o["kind"] == "Ingress" or (o["kind"] == "Service" and o["spec"].get("type", "ClusterIP") != "ClusterIP"))
+        and o["metadata"]["namespace"] != HUB_NAMESPACE
     ]
 
 
