@@ -10,7 +10,7 @@ WORKERS ?= 2
 # `make bench` measures each of these auth modes.
 AUTH_MODES ?= mtls oauth mtls+oauth
 
-.PHONY: help demo demo-stop test bench clean
+.PHONY: help demo demo-stop test bench equivalence clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,14 @@ bench: $(STAMP) ## render a project per auth mode and run its benchmark (bare SD
 	for mode in $(AUTH_MODES); do \
 		$(BIN)/copier copy --trust --defaults --overwrite --vcs-ref=HEAD --quiet -d auth_mode=$$mode . .cache/bench-$$mode && \
 		$(MAKE) -C .cache/bench-$$mode bench UV=$(UV) || exit 1; done
+
+# The ref a refactor is compared with; paths expected to change go in ALLOW (space-separated globs).
+BASE ?= HEAD
+ALLOW ?=
+equivalence: $(STAMP) ## render 12 answer combinations at BASE and in the working tree; compare files and kustomize objects
+	$(BIN)/python tests/support/render_matrix.py render $(BASE) .cache/equivalence/base
+	$(BIN)/python tests/support/render_matrix.py render HEAD .cache/equivalence/work
+	$(BIN)/python tests/support/render_matrix.py compare .cache/equivalence/base .cache/equivalence/work $(foreach glob,$(ALLOW),--allow '$(glob)')
 
 clean: demo-stop ## remove the venv, caches and the demo project
 	rm -rf $(VENV) .cache $(DEMO_DIR) .pytest_cache
