@@ -10,7 +10,7 @@ WORKERS ?= 2
 # `make bench` measures each of these auth modes.
 AUTH_MODES ?= mtls oauth mtls+oauth
 
-.PHONY: help demo demo-stop test bench equivalence clean
+.PHONY: help demo demo-stop test bench equivalence release clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,8 +41,8 @@ demo-stop: ## stop the demo server
 		echo "demo server stopped"; fi
 
 test: $(STAMP) ## the template's whole test suite (its own lint, renders, generated tests, linters)
-	$(BIN)/ruff check tests hooks
-	$(BIN)/ruff format --check tests hooks
+	$(BIN)/ruff check tests hooks tools
+	$(BIN)/ruff format --check tests hooks tools
 	$(BIN)/pytest -n $(WORKERS) --dist loadgroup
 
 bench: $(STAMP) ## render a project per auth mode and run its benchmark (bare SDK vs secure stack)
@@ -57,6 +57,10 @@ equivalence: $(STAMP) ## render 12 answer combinations at BASE and in the workin
 	$(BIN)/python tests/support/render_matrix.py render $(BASE) .cache/equivalence/base
 	$(BIN)/python tests/support/render_matrix.py render HEAD .cache/equivalence/work
 	$(BIN)/python tests/support/render_matrix.py compare .cache/equivalence/base .cache/equivalence/work $(foreach glob,$(ALLOW),--allow '$(glob)')
+
+release: $(STAMP) ## tag vVERSION once CHANGELOG.md describes it (make release VERSION=1.2.0)
+	@test -n "$(VERSION)" || { echo "make release needs VERSION=X.Y.Z"; exit 2; }
+	$(BIN)/python tools/release.py tag $(VERSION)
 
 clean: demo-stop ## remove the venv, caches and the demo project
 	rm -rf $(VENV) .cache $(DEMO_DIR) .pytest_cache
