@@ -434,3 +434,18 @@ def test_coverage_follows_the_server_subprocess(project: tuple[Path, str]) -> No
     config = tomllib.loads((path / "pyproject.toml").read_text())["tool"]["coverage"]
     assert config["run"]["patch"] == ["subprocess"]
     assert config["report"]["fail_under"] >= 90  # measured against the threshold in tests/test_generated.py
+
+
+def test_the_templates_own_workflow_is_pinned_least_privilege_and_lint_clean(default_project: Path) -> None:
+    """The template repository's CI (make test; a release from a tag) holds to the rules it gives projects."""
+    venv = project_venv(default_project, groups=("gates",), runtime=False)
+    for command in (("actionlint",), ("zizmor", "--offline", "--persona", "auditor", ".github")):
+        result = run_in(ROOT, venv, *command)
+        assert result.returncode == 0, result.stdout + result.stderr
+    text = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
+    assert unpinned_actions(text) == []
+    workflow = load(ROOT / ".github" / "workflows" / "ci.yml")
+    assert workflow["permissions"] == {}
+    assert workflow["jobs"]["test"]["permissions"] == {"contents": "read"}
+    assert "bash .ci/run" in text
+    assert 'tools/release.py notes "${TAG#v}"' in text
