@@ -3,11 +3,12 @@ allowed, and writes nothing."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import questions, render
+from conftest import ROOT, choice_values, questions, render
 
 
 def test_every_question_has_help_text() -> None:
@@ -90,3 +91,44 @@ def test_wrong_answer_is_refused_and_nothing_is_written(tmp_path: Path, answers:
     with pytest.raises(ValueError, match=message):
         render(destination, answers)
     assert not destination.exists() or not any(destination.iterdir())
+
+
+def asked_questions() -> dict[str, dict[str, Any]]:
+    """The questions copier.yml can ask (computed answers have ``when: false``)."""
+    return {name: spec for name, spec in questions().items() if spec.get("when") is not False}
+
+
+def doc_sections() -> dict[str, str]:
+    text = (ROOT / "docs" / "questions.md").read_text()
+    parts = re.split(r"^## \d+\. `([a-z0-9_]+)`\n", text, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def shown(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return str(value)
+
+
+def test_the_questions_doc_names_every_question_in_order_with_its_choices_and_default() -> None:
+    text = (ROOT / "docs" / "questions.md").read_text()
+    summary = re.findall(r"^\| (\d+) \| `([a-z0-9_]+)` \| [a-z]+ \| (.*) \|$", text, flags=re.MULTILINE)
+    asked = asked_questions()
+    assert [name for _, name, _ in summary] == list(asked)
+    assert list(doc_sections()) == list(asked)
+    for (_, name, default_cell), section in zip(summary, doc_sections().values(), strict=True):
+        spec = asked[name]
+        default = spec.get("default")
+        if "{{" not in str(default):
+            assert f"`{shown(default)}`" in default_cell, name
+            assert f"Default: `{shown(default)}`" in section, name
+        for choice in choice_values(spec) if "choices" in spec else []:
+            assert f"`{choice}`" in section, (name, choice)
+
+
+def test_the_questions_doc_lists_every_refused_package_name() -> None:
+    refused = re.search(r"package_name in \[(.*?)\] %\}", (ROOT / "copier.yml").read_text())
+    assert refused
+    section = doc_sections()["package_name"]
+    for name in refused[1].split(","):
+        assert f"`{name.strip()[1:-1]}`" in section, name
