@@ -115,9 +115,9 @@ def kustomize_all(project: Path) -> dict[str, list[Any]]:
 
 def tree(project: Path) -> dict[str, bytes]:
     files = {
-        str(path.relative_to(project)): path.read_bytes()
+        str(path.relative_to(project)): path.read_bytes() if path.is_file() else b"(folder)"
         for path in project.rglob("*")
-        if path.is_file() and path.name != KUSTOMIZED
+        if path.name != KUSTOMIZED
     }
     # The answers file records the template commit rendered from, which differs by design.
     answers = ".copier-answers.yml"
