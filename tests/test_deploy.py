@@ -580,7 +580,7 @@ def test_check_federation_catches_planted_defects(project: tuple[Path, dict[str,
 # make target, expected output). The policy defect needs only `make policy`, which `iac` runs first.
 DEFECTS = {
     "writable-root-filesystem": (
-        "deploy/k8s/base/deployment.yaml",
+        "deploy/k8s/components/workload/deployment.yaml",
         "readOnlyRootFilesystem: true",
         "readOnlyRootFilesystem: false",
         "iac",
@@ -588,7 +588,7 @@ DEFECTS = {
     ),
     # An image from another registry breaks the organisation's rule ORG_K8S_6.
     "foreign-registry": (
-        "deploy/k8s/base/kustomization.yaml",
+        "deploy/k8s/components/workload/kustomization.yaml",
         "newName: ghcr.io/example/",
         "newName: docker.io/example/",
         "iac",
