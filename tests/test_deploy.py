@@ -211,6 +211,7 @@ def test_the_secret_store_overlay_mounts_the_clouds_secrets_and_changes_nothing_
     cloud = answers["cloud"]
     if cloud == "on-prem":
         assert not (path / "deploy" / "k8s" / "overlays" / "on-prem-secret-store").exists()
+        assert not (path / "deploy" / "k8s" / "components" / "secret-store").exists()
         return
     slug = SLUG
     edge_all, store_all = built(path, cloud), built(path, f"{cloud}-secret-store")
@@ -250,7 +251,7 @@ def test_the_secret_store_overlay_mounts_the_clouds_secrets_and_changes_nothing_
         assert objects == [{"objectName": f"{slug}-tools", "objectType": "secret", "objectAlias": "tools"}]
     overlays = path / "deploy" / "k8s" / "overlays"
     readme = (overlays / cloud / "README.md").read_text()
-    rendered = (overlays / f"{cloud}-secret-store" / "secretproviderclass.yaml").read_text()
+    rendered = (path / "deploy" / "k8s" / "components" / "secret-store" / "secretproviderclass.yaml").read_text()
     for placeholder in PLACEHOLDERS[cloud]:
         assert placeholder in rendered
         assert f"`{placeholder}`" in readme, f"{placeholder} is a required edit the README must name"
