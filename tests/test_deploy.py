@@ -211,6 +211,7 @@ def test_the_secret_store_overlay_mounts_the_clouds_secrets_and_changes_nothing_
     cloud = answers["cloud"]
     if cloud == "on-prem":
         assert not (path / "deploy" / "k8s" / "overlays" / "on-prem-secret-store").exists()
+        assert not (path / "deploy" / "k8s" / "components" / "secret-store").exists()
         return
     slug = SLUG
     edge_all, store_all = built(path, cloud), built(path, f"{cloud}-secret-store")
@@ -250,7 +251,7 @@ def test_the_secret_store_overlay_mounts_the_clouds_secrets_and_changes_nothing_
         assert objects == [{"objectName": f"{slug}-tools", "objectType": "secret", "objectAlias": "tools"}]
     overlays = path / "deploy" / "k8s" / "overlays"
     readme = (overlays / cloud / "README.md").read_text()
-    rendered = (overlays / f"{cloud}-secret-store" / "secretproviderclass.yaml").read_text()
+    rendered = (path / "deploy" / "k8s" / "components" / "secret-store" / "secretproviderclass.yaml").read_text()
     for placeholder in PLACEHOLDERS[cloud]:
         assert placeholder in rendered
         assert f"`{placeholder}`" in readme, f"{placeholder} is a required edit the README must name"
@@ -581,7 +582,7 @@ def test_check_federation_catches_planted_defects(project: tuple[Path, dict[str,
 # make target, expected output). The policy defect needs only `make policy`, which `iac` runs first.
 DEFECTS = {
     "writable-root-filesystem": (
-        "deploy/k8s/base/deployment.yaml",
+        "deploy/k8s/components/workload/deployment.yaml",
         "readOnlyRootFilesystem: true",
         "readOnlyRootFilesystem: false",
         "iac",
@@ -589,7 +590,7 @@ DEFECTS = {
     ),
     # An image from another registry breaks the organisation's rule ORG_K8S_6.
     "foreign-registry": (
-        "deploy/k8s/base/kustomization.yaml",
+        "deploy/k8s/components/workload/kustomization.yaml",
         "newName: ghcr.io/example/",
         "newName: docker.io/example/",
         "iac",
