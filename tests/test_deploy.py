@@ -481,6 +481,11 @@ def check_federation(everything: list[dict[str, Any]], answers: dict[str, Any]) 
     assert ids == {peer: f"spiffe://{peer}.{answers['domain']}/ns/{ns}/sa/{SLUG}" for peer, ns in namespaces.items()}
     urls = dict(pair.strip().split("=", 1) for pair in settings[0][f"{PREFIX}FEDERATION_PEER_URLS"].split(","))
     assert urls == {peer: f"https://{SLUG}.{ns}.svc:8443/mcp" for peer, ns in namespaces.items()}
+    # ... and each URL reaches that peer's Service on a port it has (the first peer's too,
+    # whose Service also has the clients' 443).
+    for ns in namespaces.values():
+        ports = {port["port"] for port in in_namespace(everything, ns)[("Service", SLUG)]["spec"]["ports"]}
+        assert 8443 in ports, (ns, ports)
     cas = dict(pair.strip().split("=", 1) for pair in settings[0][f"{PREFIX}FEDERATION_CA_FILES"].split(","))
     assert cas == {peer: f"/etc/mcp/federation/{peer}.crt" for peer in names}
     # Clients reach the first peer only: nothing in another peer's namespace is exposed outside the cluster.
