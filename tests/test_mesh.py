@@ -413,9 +413,12 @@ def test_the_mesh_objects_are_as_documented(
         # After the spokes or peers (their Namespaces get the mesh's labels too), if any.
         servers = {"hub-and-spoke": ["../../spokes"], "federated": ["../../peers"]}.get(answers["architecture"], [])
         assert kustomization["components"] == [*servers, "../../components/mesh"]
-        assert yaml.safe_load(
-            (project / "deploy" / "k8s" / "overlays" / "local" / "kustomization.yaml").read_text()
-        ).get("components", []) == servers
+        assert (
+            yaml.safe_load((project / "deploy" / "k8s" / "overlays" / "local" / "kustomization.yaml").read_text()).get(
+                "components", []
+            )
+            == servers
+        )
         deployment = (project / "docs" / "deployment.md").read_text()
         assert "## Service mesh" in deployment
         assert "not schema-validated offline" in deployment
