@@ -99,3 +99,17 @@ def test_every_excluded_path_is_a_file_the_template_writes(tmp_path: Path) -> No
         if pattern not in template_only:
             spec = PathSpec.from_lines("gitignore", [pattern])
             assert any(spec.match_file(path) for path in rendered), f"_exclude pattern {pattern} matches nothing"
+
+
+@pytest.mark.parametrize("family", sorted(p.name for p in (TEMPLATE / "_includes" / "docs").iterdir() if p.is_dir()))
+def test_each_answers_docs_vocabulary_defines_the_same_passages(family: str) -> None:
+    """The docs import one vocabulary file per answer value (auth/oauth.jinja, ...). Copier's
+    Jinja renders an undefined name as nothing, so a passage missing from one value's file
+    would silently vanish from that value's docs."""
+    names = {
+        path.name: re.findall(r"^\{% set (\w+)", path.read_text(), flags=re.MULTILINE)
+        for path in sorted((TEMPLATE / "_includes" / "docs" / family).glob("*.jinja"))
+    }
+    first, *others = names.items()
+    for name, defined in others:
+        assert sorted(set(defined)) == sorted(set(first[1])), f"{family}/{name} and {family}/{first[0]} differ"
