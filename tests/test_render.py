@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import CUSTOM, combo_id, covering, questions, render, single_choices
+from pymarkdown.api import PyMarkdownApi
 
 # Every combination of cloud, architecture and auth mode, the answers that shape most files. The
 # others take their choices in turn: the Python version changes only a few pins; the CI provider
@@ -45,6 +46,29 @@ def test_no_unrendered_jinja_or_template_suffix(rendered: tuple[Path, dict[str, 
         if UNRENDERED.search(ACTIONS_EXPRESSION.sub("", path.read_text())) or path.suffix == ".jinja"
     ]
     assert leftovers == []
+
+
+def markdown_files(project: Path) -> list[Path]:
+    return [path for path in files(project) if path.suffix == ".md"]
+
+
+# A heading glued to the end of the line before it (a Jinja tag that ate the newline) is no heading.
+GLUED_HEADING = re.compile(r"[^\s#`]#{2,6} \S")
+
+
+def test_rendered_markdown_passes_the_linter_and_has_no_glued_heading(rendered: tuple[Path, dict[str, Any]]) -> None:
+    project, _ = rendered
+    # Long lines are the docs' tables and links; every other rule of pymarkdown applies.
+    result = PyMarkdownApi().disable_rule_by_identifier("md013").scan_path(str(project), True)
+    assert [f"{f.scan_file}:{f.line_number} {f.rule_id} {f.rule_description}" for f in result.scan_failures] == []
+    glued = []
+    for path in markdown_files(project):
+        fenced = False
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            fenced ^= line.lstrip().startswith("```")
+            if not fenced and GLUED_HEADING.search(line):
+                glued.append(f"{path.relative_to(project)}:{number}: {line}")
+    assert glued == []
 
 
 def test_toml_and_yaml_parse(rendered: tuple[Path, dict[str, Any]]) -> None:
