@@ -27,6 +27,7 @@ import httpx2
 import jwt
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..lifecycle import Part
 from .audit import AuditLog
 from .identity import TokenClaims, certificate_principal, client_ip, with_token
 
@@ -414,3 +415,25 @@ def _bearer_token(scope: Scope) -> str | None:
                 return token
             return None
     return None
+
+
+class BearerTokens(Part):
+    """Serving with bearer tokens: ``gate`` (BearerAuth) in front of the rate limit, and the
+    issuer's keys, loaded beside the server."""
+
+    def __init__(self, verifier: TokenVerifier, gate: Callable[[ASGIApp], ASGIApp]) -> None:
+        self.verifier, self.gate = verifier, gate
+
+    def wrap(self, app: ASGIApp, inner: ASGIApp) -> ASGIApp:
+        return self.gate(app)
+
+    async def start(self) -> None:
+        await self.verifier.jwks.load()  # ready once the issuer's keys are in
+
+    def ready(self) -> bool:
+        """Holding the issuer's keys: a new pod that cannot verify any token takes no traffic,
+        while pods that have keys keep theirs through an outage."""
+        return self.verifier.jwks.loaded
+
+    async def aclose(self) -> None:
+        await self.verifier.jwks.http.aclose()
