@@ -81,9 +81,15 @@ def test_toml_and_yaml_parse(rendered: tuple[Path, dict[str, Any]]) -> None:
         assert recorded[name] == value
 
 
+def settings_sources(project: Path) -> str:
+    """The settings modules together: one per answer, under src/<package>/settings/."""
+    package = project / "src" / "payments_risk_gateway"
+    return "\n".join(path.read_text() for path in sorted((package / "settings").glob("*.py")))
+
+
 def test_answers_reach_the_code(rendered: tuple[Path, dict[str, Any]]) -> None:
     project, answers = rendered
-    settings = (project / "src" / "payments_risk_gateway" / "settings.py").read_text()
+    settings = settings_sources(project)
     assert f"default={answers['rate_limit_per_minute']}," in settings
     assert f'"{answers["domain"]}",' in settings
     assert (project / ".python-version").read_text().strip() == answers["python_version"]
@@ -103,6 +109,8 @@ def test_each_auth_mode_gets_only_its_own_code(tmp_path: Path) -> None:
         package = project / "src" / "acme_mcp_server"
         sources = "\n".join(path.read_text() for path in package.rglob("*.py"))
         assert ((package / "security" / "oauth.py").exists()) == ("oauth" in mode)
+        assert ((package / "settings" / "oauth.py").exists()) == ("oauth" in mode)
+        assert ((package / "settings" / "client_ca.py").exists()) == ("mtls" in mode)
         assert ("tls_client_ca_file" in sources) == ("mtls" in mode)
         assert (project / "scripts" / "dev_issuer.py").exists() == ("oauth" in mode)
         assert (project / "tests" / "test_client_certificates.py").exists() == ("mtls" in mode)
@@ -113,6 +121,7 @@ def test_each_auth_mode_gets_only_its_own_code(tmp_path: Path) -> None:
 ARCHITECTURE_FILES = {
     "hub-and-spoke": {
         "src/payments_risk_gateway/hub.py",
+        "src/payments_risk_gateway/settings/hub.py",
         "config/spoke-policy.toml",
         "scripts/dev_spokes.py",
         "tests/test_hub.py",
@@ -123,6 +132,8 @@ ARCHITECTURE_FILES = {
     },
     "federated": {
         "src/payments_risk_gateway/federation.py",
+        "src/payments_risk_gateway/peer.py",
+        "src/payments_risk_gateway/settings/federation.py",
         "src/payments_risk_gateway/security/trust.py",
         "scripts/dev_peers.py",
         "tests/test_federation.py",
@@ -133,7 +144,13 @@ ARCHITECTURE_FILES = {
     },
 }
 # Shared by the two architectures that relay to other servers.
-RELAY_FILES = {"src/payments_risk_gateway/upstream.py", "scripts/dev_servers.py"}
+RELAY_FILES = {
+    "src/payments_risk_gateway/upstream.py",
+    "src/payments_risk_gateway/settings/relay.py",
+    "scripts/dev_servers.py",
+}
+# The standalone topology's own module.
+STANDALONE_FILES = {"src/payments_risk_gateway/standalone.py"}
 
 
 def test_each_architecture_gets_only_its_own_files(rendered: tuple[Path, dict[str, Any]]) -> None:
@@ -148,10 +165,12 @@ def test_each_architecture_gets_only_its_own_files(rendered: tuple[Path, dict[st
         assert not owned & present or name == architecture
     assert (RELAY_FILES <= present) == (architecture != "standalone")
     assert not RELAY_FILES & present or architecture != "standalone"
+    assert (STANDALONE_FILES <= present) == (architecture == "standalone")
+    assert not STANDALONE_FILES & present or architecture == "standalone"
     if architecture == "federated":
         # The peers' own names reach the settings, the dev PKI, the policy and the manifests.
         peers = questions()["federation_peers"]["default"]
-        settings = (project / "src" / "payments_risk_gateway" / "settings.py").read_text()
+        settings = settings_sources(project)
         policy = (project / "config" / "policy.toml").read_text()
         for index, peer in enumerate(peers):
             namespace = answers["k8s_namespace"] + ("" if index == 0 else f"-{peer}")
@@ -162,6 +181,20 @@ def test_each_architecture_gets_only_its_own_files(rendered: tuple[Path, dict[st
             f'ROUTE_KEY = "{".".join(reversed(answers["domain"].split(".")))}/federation"'
             in (project / "src" / "payments_risk_gateway" / "federation.py").read_text()
         )
+
+
+def test_the_entry_point_only_reads_the_settings_and_serves(rendered: tuple[Path, dict[str, Any]]) -> None:
+    """Each topology's module assembles its server; ``__main__`` stays short in every project,
+    and start-up stops on one error type, which every configuration error derives from."""
+    project, _ = rendered
+    package = project / "src" / "payments_risk_gateway"
+    entry_point = (package / "__main__.py").read_text()
+    assert len(entry_point.splitlines()) <= 40
+    assert "except ConfigError as exc:" in entry_point
+    sources = "\n".join(path.read_text() for path in package.rglob("*.py"))
+    assert re.findall(r"^class ConfigError\((\w+)\)", sources, re.MULTILINE) == ["Exception"]
+    errors = re.findall(r"^class (\w*ConfigError|PolicyError)\((\w+)\)", sources, re.MULTILINE)
+    assert {base for name, base in errors if name != "ConfigError"} == {"ConfigError"}
 
 
 def test_compliance_matrix_lists_exactly_the_chosen_frameworks(tmp_path: Path) -> None:

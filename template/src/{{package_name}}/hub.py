@@ -5,14 +5,26 @@ Clients see each spoke's tools as ``<zone>.<tool>``; the hub's policy (``config/
 decides which caller may use which zone's tools, before anything is sent to a spoke. The hub
 calls a spoke as itself, with a timeout, concurrency limit and circuit breaker per spoke
 (``upstream.py``, shared with the federated architecture).
+
+``python -m <package>`` serves as the hub (``ROLE=hub``, what clients call) or as one zone's
+spoke (``ROLE=spoke``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from mcp.server.mcpserver import MCPServer
+
 from . import __version__
+from .lifecycle import Part
+from .security.audit import AuditLog
+from .security.policy import Policy
+from .security.tls import TLSFiles
 from .server import INSTRUCTIONS, NAME, TITLE, build_server
+from .service import Service, assemble
 from .settings import Settings
-from .upstream import SEPARATOR, RelayServer, link, upstream_tls
+from .upstream import SEPARATOR, Relaying, RelayServer, link, upstream_tls
 
 
 class HubServer(RelayServer):
@@ -40,3 +52,18 @@ def build_hub(settings: Settings) -> HubServer:
     )
     build_server(hub)
     return hub
+
+
+def build(settings: Settings) -> Service:
+    """The hub, or one zone's spoke, and its app, checked and bound, ready to serve."""
+
+    def parts(policy: Policy, audit: AuditLog) -> tuple[MCPServer, Sequence[Part]]:
+        # A spoke answers only the hub: a client certificate always, no bearer tokens, its own tools.
+        if settings.role == "spoke":
+            return build_server(), []
+        hub = build_hub(settings)
+        relaying = Relaying(hub, settings.spoke_refresh_seconds, settings.tls_cert_file, settings.tls_key_file)
+        return hub, [*settings.bearer_tokens(policy, audit), relaying]
+
+    files = TLSFiles(settings.tls_cert_file, settings.tls_key_file, settings.client_ca())
+    return assemble(settings, files, parts)

@@ -35,6 +35,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INTERNAL_ERROR, CallToolResult, InputRequiredResult, ListToolsResult, TextContent, Tool
 from pydantic import ValidationError
 
+from .lifecycle import Part
 from .security.audit import TRACEPARENT, trace_id_of
 
 log = logging.getLogger(__name__)
@@ -292,6 +293,27 @@ class RelayServer(MCPServer):
         async with anyio.create_task_group() as tasks:
             for upstream in self.upstreams.values():
                 tasks.start_soon(one, upstream)
+
+
+class Relaying(Part):
+    """Serving as a relay: the upstreams' tools read before the first client asks and every
+    ``refresh_seconds``, this server's rotated certificate presented to them, their
+    connections closed at the end."""
+
+    def __init__(self, relay: RelayServer, refresh_seconds: float, cert: Path, key: Path) -> None:
+        self.relay, self.refresh_seconds, self.cert, self.key = relay, refresh_seconds, cert, key
+
+    async def prepare(self) -> None:
+        await self.relay.refresh()  # the upstreams' tools, before the first client asks
+
+    async def keep(self) -> None:
+        await self.relay.keep_fresh(self.refresh_seconds)
+
+    def certificates_reloaded(self) -> None:
+        self.relay.reload_client_certificate(self.cert, self.key)
+
+    async def aclose(self) -> None:
+        await self.relay.aclose()
 
 
 def _renamed(tool: Tool, name: str) -> Tool:

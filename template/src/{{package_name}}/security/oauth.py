@@ -27,8 +27,9 @@ import httpx2
 import jwt
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..lifecycle import Part
 from .audit import AuditLog
-from .identity import TokenClaims, certificate_principal, client_ip, with_token
+from .identity import Principal, certificate_principal, client_ip
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,56 @@ CLIENT_ID_CLAIMS = ("client_id", "azp", "appid", "cid")
 # Until the first key set arrives the server is not ready; it asks the issuer this often.
 FIRST_FETCH_RETRY_SECONDS = 2.0
 _CACHE_LIMIT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    """What a verified access token says about its caller. Never the token itself."""
+
+    subject: str
+    client_id: str | None
+    scopes: frozenset[str]
+    token_id: str | None = None
+    certificate_thumbprint: str | None = None  # RFC 8705 cnf "x5t#S256"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenPrincipal(Principal):
+    """A caller identified by a token, and by its certificate too when it presented one."""
+
+    token: TokenClaims
+
+    def audit_fields(self) -> dict[str, object]:
+        """What the audit trail records of this caller: both identities when there are two."""
+        return Principal.audit_fields(self) | {
+            "token_sub": self.token.subject,
+            "token_client_id": self.token.client_id,
+            "token_scopes": sorted(self.token.scopes),
+            "token_jti": self.token.token_id,
+        }
+
+
+def with_token(certificate: Principal | None, claims: TokenClaims) -> TokenPrincipal:
+    """The caller as the certificate (if any) and the token together identify it."""
+    token_names = (f"sub:{claims.subject}",) + ((f"client_id:{claims.client_id}",) if claims.client_id else ())
+    if certificate is None:
+        return TokenPrincipal(
+            id=token_names[0],
+            names=token_names,
+            subject=claims.subject,
+            authenticated_by="oauth",
+            scopes=claims.scopes,
+            token=claims,
+        )
+    return TokenPrincipal(
+        id=certificate.id,
+        names=certificate.names + token_names,
+        subject=certificate.subject,
+        authenticated_by="mtls+oauth",
+        certificate_thumbprint=certificate.certificate_thumbprint,
+        scopes=claims.scopes,
+        token=claims,
+    )
 
 
 class InvalidTokenError(Exception):
@@ -414,3 +465,25 @@ def _bearer_token(scope: Scope) -> str | None:
                 return token
             return None
     return None
+
+
+class BearerTokens(Part):
+    """Serving with bearer tokens: ``gate`` (BearerAuth) in front of the rate limit, and the
+    issuer's keys, loaded beside the server."""
+
+    def __init__(self, verifier: TokenVerifier, gate: Callable[[ASGIApp], ASGIApp]) -> None:
+        self.verifier, self.gate = verifier, gate
+
+    def wrap(self, app: ASGIApp, inner: ASGIApp) -> ASGIApp:
+        return self.gate(app)
+
+    async def start(self) -> None:
+        await self.verifier.jwks.load()  # ready once the issuer's keys are in
+
+    def ready(self) -> bool:
+        """Holding the issuer's keys: a new pod that cannot verify any token takes no traffic,
+        while pods that have keys keep theirs through an outage."""
+        return self.verifier.jwks.loaded
+
+    async def aclose(self) -> None:
+        await self.verifier.jwks.http.aclose()

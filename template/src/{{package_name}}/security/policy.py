@@ -19,6 +19,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from ..errors import ConfigError
 from .identity import Principal
 
 Pattern = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
@@ -27,7 +28,7 @@ Scope = Annotated[str, StringConstraints(pattern=r"^[\x21\x23-\x5b\x5d-\x7e]+$")
 _CACHE_LIMIT = 10_000
 
 
-class PolicyError(Exception):
+class PolicyError(ConfigError):
     """The policy file cannot be used; the message names the file and the faulty entry."""
 
 

@@ -17,10 +17,12 @@ from pathlib import Path
 
 from cryptography import x509
 
+from ..errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
-class TLSConfigError(Exception):
+class TLSConfigError(ConfigError):
     """The certificate, key or CA files cannot be used; the message says which and why."""
 
 

@@ -29,6 +29,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..errors import ConfigError
 from .audit import AuditLog
 from .identity import certificate_principal, client_ip
 
@@ -36,7 +37,7 @@ _CACHE_LIMIT = 1024
 _UNSEEN = object()
 
 
-class TrustConfigError(Exception):
+class TrustConfigError(ConfigError):
     """The peers' CAs or identities cannot be used; the message says which and why."""
 
 

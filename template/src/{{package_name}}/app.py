@@ -1,55 +1,38 @@
 """ASGI assembly: the security layers around the SDK's Streamable HTTP app.
 
-Request path, outermost first:
-{%- if auth_mode == 'oauth' %}
-  TLS 1.3 handshake (security.tls, before any byte of HTTP)
-{%- else %}
-  TLS 1.3 handshake with client certificate (security.tls, before any byte of HTTP)
-{%- endif %}
+Request path, outermost first (the layers in brackets are those of some answers only):
+  TLS 1.3 handshake, with client certificate for mtls (security.tls, before any byte of HTTP)
   -> SecurityHeadersMiddleware  request id, security headers, audit of refused requests
-{%- if architecture == 'federated' %}
-  -> PeerGate                   a federated peer's certificate checked against its own CA and
-                                the allow-list; peers take their own path (no token, own budget)
-{%- endif %}
-{%- if 'oauth' in auth_mode %}
-  -> BearerAuth                 bearer JWT, 401/403 + WWW-Authenticate, RFC 9728 metadata
-{%- endif %}
+  [-> PeerGate                  federated: a peer's certificate checked against its own CA and
+                                the allow-list; peers take their own path (no token, own budget)]
+  [-> BearerAuth                oauth: bearer JWT, 401/403 + WWW-Authenticate, RFC 9728 metadata]
   -> RateLimitMiddleware        per-principal budget, 429 + Retry-After
   -> StatelessStreamGate        GET /mcp answered 405 instead of an idle event stream
   -> SDK Streamable HTTP app    Host/Origin allow-lists, body size limit (413), JSON-RPC
-{%- if architecture == 'federated' %}
-  -> FederationGuard            hop limit and visited peers of relayed calls (federation.py)
-{%- endif %}
+  [-> FederationGuard           federated: hop limit and visited peers of relayed calls (federation.py)]
   -> ToolGuard (SDK middleware) per-tool policy, tools/list filtering, tool-call audit
   -> your tool (server.py)
+
+The bracketed layers come from the parts (``lifecycle.Part``) a topology passes to ``create_app``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-{% if architecture == 'federated' -%}
-from .federation import FederationGuard
-{% endif -%}
+from .lifecycle import Part
 from .observability import Metrics
 from .security.audit import AuditLog
 from .security.headers import SecurityHeadersMiddleware
-{%- if 'oauth' in auth_mode %}
-from .security.oauth import BearerAuth, TokenVerifier
-{%- endif %}
 from .security.policy import Policy
 from .security.ratelimit import RateLimitMiddleware
 from .security.tool_guard import ToolGuard
-{%- if architecture == 'federated' %}
-from .security.trust import PeerGate, PeerTrust
-{%- endif %}
 from .settings import Settings
-{%- if architecture == 'federated' %}
-from .upstream import RelayServer
-{%- endif %}
 
 MCP_PATH = "/mcp"
 
@@ -91,18 +74,9 @@ def create_app(
     policy: Policy,
     audit: AuditLog,
     metrics: Metrics,
-{%- if 'oauth' in auth_mode %}
-    verifier: TokenVerifier | None,
-{%- endif %}
-{%- if architecture == 'federated' %}
-    trust: PeerTrust,
-{%- endif %}
-) -> ASGIApp:{% if 'oauth' in auth_mode %}
-    """``verifier`` None: no bearer tokens here (a spoke, which answers only the hub's certificate)."""{% endif %}
-{%- if architecture == 'federated' %}
-    if isinstance(server, RelayServer):
-        server.middleware.append(FederationGuard(server, settings.peer_name, settings.federation_hop_limit, audit))
-{%- endif %}
+    parts: Sequence[Part] = (),
+) -> ASGIApp:
+    """The app; each of ``parts`` wraps the rate-limited app in turn (the first innermost)."""
     server.middleware.append(ToolGuard(server, policy, audit, metrics))
     inner: ASGIApp = StatelessStreamGate(mcp_http_app(server, settings))
     app: ASGIApp = RateLimitMiddleware(
@@ -111,30 +85,6 @@ def create_app(
         storage_uri=settings.rate_limit_storage_uri,
         audit=audit,
     )
-{%- if architecture == 'federated' %}
-    # Peers call as themselves for all their clients: a budget of their own, no bearer token.
-    peers = RateLimitMiddleware(
-        inner,
-        per_minute=settings.federation_rate_limit_per_minute,
-        storage_uri=settings.rate_limit_storage_uri,
-        audit=audit,
-    )
-{%- endif %}
-{%- if 'oauth' in auth_mode %}
-    if verifier is None:
-        return SecurityHeadersMiddleware(app, audit=audit, metrics=metrics)
-    app = BearerAuth(
-        app,
-        verifier,
-        resource=settings.oauth_resource_url,
-        authorization_servers=[settings.oauth_issuer_url],
-        required_scopes=settings.oauth_required_scopes,
-        scopes_supported=policy.scopes,
-        require_certificate={{ 'True' if auth_mode == 'mtls+oauth' else 'False' }},
-        audit=audit,
-    )
-{%- endif %}
-{%- if architecture == 'federated' %}
-    app = PeerGate(app, peers, trust, audit)
-{%- endif %}
+    for part in parts:
+        app = part.wrap(app, inner)
     return SecurityHeadersMiddleware(app, audit=audit, metrics=metrics)
