@@ -113,3 +113,13 @@ def test_each_answers_docs_vocabulary_defines_the_same_passages(family: str) -> 
     first, *others = names.items()
     for name, defined in others:
         assert sorted(set(defined)) == sorted(set(first[1])), f"{family}/{name} and {family}/{first[0]} differ"
+
+
+def test_what_each_answer_leaves_out_names_recorded_answers_only() -> None:
+    """`copier update` applies the new `_exclude` to its render of the project's old template
+    version, where computed answers added since are undefined: a condition on one would leave
+    that feature's files out of the old render, and the update would then see the project's
+    copies as the team's own additions (conflicts, stale files)."""
+    for entry in CONFIG["_exclude"]:
+        used = set(re.findall(r"\b[a-z_]+\b", " ".join(re.findall(r"\{%(.*?)%\}", entry))))
+        assert not used & set(COMPUTED), f"{entry!r} uses {sorted(used & set(COMPUTED))}"

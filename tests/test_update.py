@@ -112,7 +112,9 @@ def two_releases(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in git(current, "ls-files").splitlines():
         (template / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(current / name, template / name)
-    commit_all(template, "working tree")
+    git(template, "add", "-A")
+    # Empty when the working tree has nothing uncommitted: HEAD itself is then v1.0.0.
+    git(template, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "--allow-empty", "-m", "tree")
     git(template, "tag", "v1.0.0")
     return template
 
