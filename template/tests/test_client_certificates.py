@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx2
 import pytest
 
 from conftest import (
@@ -18,14 +19,36 @@ from conftest import (
     start_server,
     stop_server,
 )
-from dev_pki import CLIENTS, issue, new_ca
+from dev_pki import CLIENTS, issue, new_ca, write
 from mcp_client import client_tls
+
+MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+WHOAMI = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}}
 
 
 @pytest.mark.parametrize("identity", [None, "foreign"], ids=["no-client-cert", "foreign-ca-cert"])
 def test_client_without_a_trusted_certificate_is_refused(server: RunningServer, identity: str | None) -> None:
     context = server.pki.anonymous() if identity is None else server.pki.client(identity)
     assert server.probe(context) is None
+
+
+@pytest.mark.parametrize("usage", [False, True], ids=["no-eku", "server-auth-only"])
+def test_certificate_without_client_auth_usage_is_refused_and_audited(
+    server: RunningServer, tmp_path: Path, usage: bool
+) -> None:
+    """A certificate from the trusted CA that is not for client authentication (none named, or
+    a server certificate) gets 403 before anything runs."""
+    issued = issue(server.pki.ca, "reader", uris=(CLIENTS["reader"],), client=False, usage=usage)
+    write(tmp_path, "not-a-client", issued)
+    tls = client_tls(server.pki.ca_file, tmp_path / "not-a-client.pem", tmp_path / "not-a-client-key.pem")
+    request_id = f"eku-{usage}"
+    with httpx2.Client(base_url=f"https://localhost:{server.port}", verify=tls, timeout=10.0) as http:
+        response = http.post("/mcp", headers={**MCP_HEADERS, "x-request-id": request_id}, json=WHOAMI)
+    assert response.status_code == 403
+    (event,) = server.audit_events(event="request_rejected", http_request_id=request_id)
+    assert event["reason"] == "client_certificate_without_client_auth_eku"
+    assert event["principal"] is None
+    assert not server.audit_events(event="tool_call", http_request_id=request_id)
 
 
 @pytest.fixture

@@ -170,6 +170,18 @@ def _is_json(scope: Scope) -> bool:
     return False
 
 
+def _caused_by_validation(exc: BaseException) -> bool:
+    """Whether pydantic's validation of the caller's arguments is behind ``exc``."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the SDK wraps two or three times; a loop in the chain ends here
+        if seen is None:
+            return False
+        if isinstance(seen, ValidationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class JsonRpcErrors:
     """SDK middleware, outside ``ToolGuard``: the SDK's errors in this server's words."""
 
@@ -198,7 +210,7 @@ class JsonRpcErrors:
             raise RefusedError(INVALID_PARAMS, text) from None
         except Exception as exc:  # noqa: BLE001 - the SDK would answer code 0 with the exception's text
             if ctx.method in _INVALID_PARAMS_BY_METHOD and (
-                isinstance(exc.__cause__, ValidationError) or await self._unknown_name(ctx)
+                _caused_by_validation(exc) or await self._unknown_name(ctx)
             ):
                 raise RefusedError(INVALID_PARAMS, _INVALID_PARAMS_BY_METHOD[ctx.method]) from None
             return await self._internal(ctx, exc)
