@@ -43,6 +43,15 @@ from .settings import Settings
 MCP_PATH = "/mcp"
 
 
+def transport_security(settings: Settings) -> TransportSecuritySettings:
+    """The SDK's Host and Origin allow-lists."""
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=settings.allowed_hosts,
+        allowed_origins=settings.allowed_origins,
+    )
+
+
 def mcp_http_app(server: MCPServer, settings: Settings) -> ASGIApp:
     """The SDK app: stateless Streamable HTTP with JSON responses, so replicas scale out."""
     return server.streamable_http_app(
@@ -50,11 +59,7 @@ def mcp_http_app(server: MCPServer, settings: Settings) -> ASGIApp:
         stateless_http=True,
         json_response=True,
         max_request_body_size=settings.max_request_body_bytes,
-        transport_security=TransportSecuritySettings(
-            enable_dns_rebinding_protection=True,
-            allowed_hosts=settings.allowed_hosts,
-            allowed_origins=settings.allowed_origins,
-        ),
+        transport_security=transport_security(settings),
         host=settings.host,
     )
 
@@ -86,7 +91,11 @@ def create_app(
     server.middleware.append(JsonRpcErrors(server, audit, metrics))
     server.middleware.append(ToolGuard(server, policy, audit, metrics))
     checked = JsonRpcGate(
-        mcp_http_app(server, settings), path=MCP_PATH, max_body=settings.max_request_body_bytes, metrics=metrics
+        mcp_http_app(server, settings),
+        path=MCP_PATH,
+        max_body=settings.max_request_body_bytes,
+        security=transport_security(settings),
+        metrics=metrics,
     )
     inner: ASGIApp = StatelessStreamGate(checked)
     app: ASGIApp = RateLimitMiddleware(

@@ -21,9 +21,11 @@ from typing import Any
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR
 from pydantic import ValidationError
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..observability import Metrics
@@ -103,16 +105,23 @@ def check(body: bytes) -> tuple[int, str, str, object] | None:
 
 
 class JsonRpcGate:
-    """Checks every ``POST /mcp`` body (at most ``max_body`` bytes, else 413) before the SDK."""
+    """Checks every ``POST /mcp`` body (at most ``max_body`` bytes, else 413) before the SDK.
+    A request the SDK's Host and Origin checks refuse goes to the SDK unread, for its 421/403."""
 
-    def __init__(self, app: ASGIApp, *, path: str, max_body: int, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, *, path: str, max_body: int, security: TransportSecuritySettings, metrics: Metrics
+    ) -> None:
         self.app = app
+        self.security = TransportSecurityMiddleware(security)
         self.path = path
         self.max_body = max_body
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path or not _is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        if await self.security.validate_request(Request(scope), is_post=True) is not None:
             await self.app(scope, receive, send)
             return
         body = await self._body(receive)
