@@ -37,6 +37,7 @@ from pydantic import ValidationError
 
 from .lifecycle import Part
 from .security.audit import TRACEPARENT, trace_id_of
+from .security.jsonrpc import RefusedError
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,8 @@ class Upstream:
         self.answered = True
         error, result = message.get("error"), message.get("result")
         if isinstance(error, dict):
-            raise MCPError(code=int(error.get("code", INTERNAL_ERROR)), message=str(error.get("message", "")))
+            # The upstream is a server of this project: its errors are already in our words.
+            raise RefusedError(code=int(error.get("code", INTERNAL_ERROR)), message=str(error.get("message", "")))
         if not isinstance(result, dict):
             raise UpstreamUnavailableError(f"{self.label} sent a malformed answer")
         return result
