@@ -4,9 +4,11 @@ bundle takes effect without a restart."""
 from __future__ import annotations
 
 import shutil
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx2
 import pytest
 
 from conftest import (
@@ -18,14 +20,42 @@ from conftest import (
     start_server,
     stop_server,
 )
-from dev_pki import CLIENTS, issue, new_ca
+from dev_pki import CLIENTS, issue, new_ca, write
 from mcp_client import client_tls
+
+MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+WHOAMI = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}}
 
 
 @pytest.mark.parametrize("identity", [None, "foreign"], ids=["no-client-cert", "foreign-ca-cert"])
 def test_client_without_a_trusted_certificate_is_refused(server: RunningServer, identity: str | None) -> None:
     context = server.pki.anonymous() if identity is None else server.pki.client(identity)
     assert server.probe(context) is None
+
+
+def not_for_clients(server: RunningServer, directory: Path, *, usage: bool) -> ssl.SSLContext:
+    """The reader's identity from the trusted CA on a certificate issued as a server's
+    (``usage``: serverAuth only; else no extended key usage at all)."""
+    issued = issue(server.pki.ca, "reader", uris=(CLIENTS["reader"],), client=False, usage=usage)
+    write(directory, "not-a-client", issued)
+    return client_tls(server.pki.ca_file, directory / "not-a-client.pem", directory / "not-a-client-key.pem")
+
+
+def test_server_auth_only_certificate_is_refused_at_the_handshake(server: RunningServer, tmp_path: Path) -> None:
+    """OpenSSL checks a named extended key usage itself."""
+    assert server.probe(not_for_clients(server, tmp_path, usage=True)) is None
+
+
+def test_certificate_without_extended_key_usage_is_refused_and_audited(server: RunningServer, tmp_path: Path) -> None:
+    """OpenSSL lets a certificate that names no usage through: the server gets 403 before anything runs."""
+    tls = not_for_clients(server, tmp_path, usage=False)
+    with httpx2.Client(base_url=f"https://localhost:{server.port}", verify=tls, timeout=10.0) as http:
+        response = http.post("/mcp", headers={**MCP_HEADERS, "x-request-id": "no-eku"}, json=WHOAMI)
+    assert response.status_code == 403
+    (event,) = server.audit_events(event="request_rejected", http_request_id="no-eku")
+    assert event["reason"] == "client_certificate_without_client_auth_eku"
+    assert event["principal"] is None
+    assert not server.audit_events(event="tool_call", http_request_id="no-eku")
 
 
 @pytest.fixture

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from http.client import HTTPSConnection
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +154,179 @@ def test_rate_limit_per_principal_gives_429_with_retry_after(limited_server: Run
     assert other_principal.status_code == 200, "one principal's budget must not limit another"
     (event,) = limited_server.audit_events(event="rate_limited")
     assert event["principal"] == PRINCIPAL_IDS["reader"]
+
+
+# What no error may carry: library text, class names, validation details, a trace.
+LIBRARY_TEXT = (
+    "pydantic",
+    "validation error",
+    "Input should",
+    "JSONRPCRequest",
+    "ValidationError",
+    "type=",
+    "Traceback",
+)
+
+
+def assert_our_words(text: str) -> None:
+    for fragment in LIBRARY_TEXT:
+        assert fragment.lower() not in text.lower(), text
+
+
+WHOAMI_PARAMS = '"params": {"name": "whoami", "arguments": {}}'
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "reason"),
+    [
+        (b"{not json", -32700, "parse_error"),
+        (b'[{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}]', -32600, "batch"),
+        (b'{"jsonrpc": "2.0", "id": 1}', -32600, "missing_method"),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": [1]}', -32602, "invalid_params"),
+        (
+            ('{"jsonrpc": "2.0", "id": {"a": 1}, "method": "tools/call", ' + WHOAMI_PARAMS + "}").encode(),
+            -32600,
+            "invalid_id",
+        ),
+        (
+            ('{"jsonrpc": "2.0", "id": [1], "method": "tools/call", ' + WHOAMI_PARAMS + "}").encode(),
+            -32600,
+            "invalid_id",
+        ),
+        (
+            ('{"jsonrpc": "2.0", "id": 1.5, "method": "tools/call", ' + WHOAMI_PARAMS + "}").encode(),
+            -32600,
+            "invalid_id",
+        ),
+        (
+            ('{"jsonrpc": "2.0", "id": null, "method": "tools/call", ' + WHOAMI_PARAMS + "}").encode(),
+            -32600,
+            "invalid_id",
+        ),
+        (
+            ('{"jsonrpc": "2.0", "id": true, "method": "tools/call", ' + WHOAMI_PARAMS + "}").encode(),
+            -32600,
+            "invalid_id",
+        ),
+        (('{"jsonrpc": "2.0", "method": "tools/call", ' + WHOAMI_PARAMS + "}").encode(), -32600, "request_without_id"),
+        (b'{"jsonrpc": "2.0", "id": 1, "id": 2, "method": "ping"}', -32600, "duplicate_key"),
+    ],
+    ids=[
+        "parse",
+        "batch",
+        "no-method",
+        "params-array",
+        "id-object",
+        "id-array",
+        "id-float",
+        "id-null",
+        "id-bool",
+        "no-id",
+        "duplicate-key",
+    ],
+)
+def test_malformed_message_gets_its_json_rpc_code_in_our_words_and_runs_nothing(
+    server: RunningServer, http: httpx2.Client, body: bytes, code: int, reason: str
+) -> None:
+    request_id = f"malformed-{reason}-{abs(hash(body)) % 10_000}"
+    response = http.post("/mcp", headers={**MCP_HEADERS, "x-request-id": request_id}, content=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert set(error) == {"code", "message"}
+    assert_our_words(response.text)
+    (event,) = server.audit_events(event="request_rejected", http_request_id=request_id)
+    assert event["reason"] == reason
+    assert not server.audit_events(event="tool_call", http_request_id=request_id), "the tool ran"
+
+
+def test_unknown_method_gets_32601_and_is_audited_and_counted(server: RunningServer, http: httpx2.Client) -> None:
+    body = {"jsonrpc": "2.0", "id": 7, "method": "tools/nonexistent"}
+    response = http.post("/mcp", headers={**MCP_HEADERS, "x-request-id": "unknown-method"}, json=body)
+    error = response.json()["error"]
+    assert error == {"code": -32601, "message": "Method not found"}
+    (event,) = server.audit_events(event="request_rejected", http_request_id="unknown-method")
+    assert event["reason"] == "unknown_method"
+    assert event["method"] == "tools/nonexistent"
+    metrics = httpx2.get(f"{server.ops_url}/metrics", timeout=10.0).text
+    assert 'mcp_jsonrpc_refused_total{reason="unknown_method"}' in metrics
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"name": "no_such_prompt"}, "Unknown prompt or invalid prompt arguments"),
+        (
+            {"name": "incident_summary", "arguments": {"incident_id": "not an id"}},
+            "Unknown prompt or invalid prompt arguments",
+        ),
+        ({"uri": "info://no-such-resource"}, "Unknown resource"),
+    ],
+    ids=["unknown-prompt", "bad-prompt-arguments", "unknown-resource"],
+)
+def test_handler_errors_get_32602_not_code_0_nor_an_echo(
+    http: httpx2.Client, params: dict[str, Any], message: str
+) -> None:
+    method = "resources/read" if "uri" in params else "prompts/get"
+    response = http.post(
+        "/mcp", headers=MCP_HEADERS, json={"jsonrpc": "2.0", "id": 3, "method": method, "params": params}
+    )
+    assert response.json()["error"] == {"code": -32602, "message": message}
+    assert "no-such" not in response.text
+    assert "not an id" not in response.text
+    assert_our_words(response.text)
+
+
+@pytest.mark.parametrize(
+    "arguments", [{}, {"query": 5}, {"query": "x" * 500}], ids=["missing", "wrong-type", "too-long"]
+)
+def test_bad_tool_arguments_get_a_tool_error_in_our_words(http: httpx2.Client, arguments: dict[str, Any]) -> None:
+    response = http.post("/mcp", headers=MCP_HEADERS, json=call("search_runbooks", arguments))
+    result = response.json()["result"]
+    assert result["isError"] is True
+    assert result["content"][0]["text"] == "Invalid arguments: they do not match the tool's input schema"
+    assert_our_words(response.text)
+
+
+def raw_post(server: RunningServer, headers: list[tuple[str, str]], body: bytes) -> tuple[int, str]:
+    """POST /mcp with exactly these headers (repeats kept: httpx would merge them)."""
+    tls, credentials = server.credentials("reader")
+    connection = HTTPSConnection("localhost", server.port, context=tls, timeout=10.0)
+    try:
+        connection.putrequest("POST", "/mcp", skip_host=True, skip_accept_encoding=True)
+        for name, value in [*credentials.items(), *MCP_HEADERS.items(), *headers]:
+            connection.putheader(name, value)
+        connection.putheader("content-length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["authorization", "host", "origin", "content-type", "mcp-protocol-version", "mcp-session-id"],
+)
+def test_a_repeated_security_header_is_refused_with_400_and_audited(server: RunningServer, header: str) -> None:
+    host = f"localhost:{server.port}"
+    values = {
+        "authorization": "Bearer not-even-checked",
+        "host": host,
+        "origin": f"https://{host}",
+        "content-type": "application/json",
+        "mcp-protocol-version": "2025-11-25",
+        "mcp-session-id": "s1",
+    }
+    headers = (
+        [("x-request-id", f"duplicate-{header}"), ("host", host)]
+        if header != "host"
+        else [("x-request-id", f"duplicate-{header}")]
+    )
+    headers += [(header, values[header]), (header, values[header])]
+    status, text = raw_post(server, headers, json.dumps(call("whoami")).encode())
+    assert status == 400, text
+    assert f"more than one {header} header" in text
+    (event,) = server.audit_events(event="request_rejected", http_request_id=f"duplicate-{header}")
+    assert event["reason"] == f"duplicate_{header.replace('-', '_')}"
+    assert not server.audit_events(event="tool_call", http_request_id=f"duplicate-{header}")

@@ -67,12 +67,12 @@ def launch_spoke(pki: PKI, zone: str, logs: Path, port: int | None = None) -> Ru
     )
 
 
-def start_hub(pki: PKI, logs: Path, urls: dict[str, str], name: str = "hub") -> RunningServer:
+def start_hub(pki: PKI, logs: Path, urls: dict[str, str], name: str = "hub", refresh: str = "1") -> RunningServer:
     return start_server(
         pki,
         logs / f"{name}.log",
         spoke_urls=",".join(f"{zone}={url}" for zone, url in urls.items()),
-        spoke_refresh_seconds="1",
+        spoke_refresh_seconds=refresh,
         spoke_timeout_seconds="2",
         spoke_failure_threshold="2",
         # An hour: only the hub's probes can close a circuit in time for the recovery test.
@@ -176,6 +176,30 @@ async def test_a_dead_spoke_fails_only_its_own_tools_and_recovers(topology: Topo
             await anyio.sleep(0.2)
         else:
             pytest.fail(f"zone {victim} did not recover")
+
+
+@pytest.mark.anyio
+async def test_a_spoke_that_fails_a_call_is_probed_every_two_seconds_at_once(
+    pki: PKI, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """With the default 30 s refresh, a zone whose call just failed is probed within seconds."""
+    logs = tmp_path_factory.mktemp("probing")
+    zone = ZONES[0]
+    spoke = wait_ready(launch_spoke(pki, zone, logs))
+    hub = start_hub(pki, logs, {zone: spoke.url}, name="probing-hub", refresh="30")
+    try:
+        stop_server(spoke)
+        async with hub.connect("operator") as client:
+            assert (await client.call_tool(f"{zone}.search_runbooks", {"query": "certificates"})).is_error
+
+        def probes() -> int:
+            return hub.log_file.read_text().count("upstream tool list not refreshed")
+
+        assert eventually(lambda: probes() >= 2, timeout=15.0), "the dead zone was not probed every 2 s"
+    finally:
+        stop_server(hub)
+        if spoke.process.poll() is None:
+            stop_server(spoke)
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,19 @@
 
 Request path, outermost first (the layers in brackets are those of some answers only):
   TLS 1.3 handshake, with client certificate for mtls (security.tls, before any byte of HTTP)
-  -> SecurityHeadersMiddleware  request id, security headers, audit of refused requests
+  -> SecurityHeadersMiddleware  request id, security headers, audit of refused requests;
+                                400 for a repeated Authorization/Host/... header, 403 for a
+                                client certificate without the clientAuth EKU
   [-> PeerGate                  federated: a peer's certificate checked against its own CA and
                                 the allow-list; peers take their own path (no token, own budget)]
   [-> BearerAuth                oauth: bearer JWT, 401/403 + WWW-Authenticate, RFC 9728 metadata]
   -> RateLimitMiddleware        per-principal budget, 429 + Retry-After
   -> StatelessStreamGate        GET /mcp answered 405 instead of an idle event stream
+  -> JsonRpcGate                JSON-RPC checked before the SDK: parse error, batch, invalid id,
+                                missing method, request without id, params not an object (400)
   -> SDK Streamable HTTP app    Host/Origin allow-lists, body size limit (413), JSON-RPC
   [-> FederationGuard           federated: hop limit and visited peers of relayed calls (federation.py)]
+  -> JsonRpcErrors (SDK mw.)    the SDK's errors in our words and codes; unknown methods audited
   -> ToolGuard (SDK middleware) per-tool policy, tools/list filtering, tool-call audit
   -> your tool (server.py)
 
@@ -29,12 +34,22 @@ from .lifecycle import Part
 from .observability import Metrics
 from .security.audit import AuditLog
 from .security.headers import SecurityHeadersMiddleware
+from .security.jsonrpc import JsonRpcErrors, JsonRpcGate
 from .security.policy import Policy
 from .security.ratelimit import RateLimitMiddleware
 from .security.tool_guard import ToolGuard
 from .settings import Settings
 
 MCP_PATH = "/mcp"
+
+
+def transport_security(settings: Settings) -> TransportSecuritySettings:
+    """The SDK's Host and Origin allow-lists."""
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=settings.allowed_hosts,
+        allowed_origins=settings.allowed_origins,
+    )
 
 
 def mcp_http_app(server: MCPServer, settings: Settings) -> ASGIApp:
@@ -44,11 +59,7 @@ def mcp_http_app(server: MCPServer, settings: Settings) -> ASGIApp:
         stateless_http=True,
         json_response=True,
         max_request_body_size=settings.max_request_body_bytes,
-        transport_security=TransportSecuritySettings(
-            enable_dns_rebinding_protection=True,
-            allowed_hosts=settings.allowed_hosts,
-            allowed_origins=settings.allowed_origins,
-        ),
+        transport_security=transport_security(settings),
         host=settings.host,
     )
 
@@ -77,8 +88,16 @@ def create_app(
     parts: Sequence[Part] = (),
 ) -> ASGIApp:
     """The app; each of ``parts`` wraps the rate-limited app in turn (the first innermost)."""
+    server.middleware.append(JsonRpcErrors(server, audit, metrics))
     server.middleware.append(ToolGuard(server, policy, audit, metrics))
-    inner: ASGIApp = StatelessStreamGate(mcp_http_app(server, settings))
+    checked = JsonRpcGate(
+        mcp_http_app(server, settings),
+        path=MCP_PATH,
+        max_body=settings.max_request_body_bytes,
+        security=transport_security(settings),
+        metrics=metrics,
+    )
+    inner: ASGIApp = StatelessStreamGate(checked)
     app: ASGIApp = RateLimitMiddleware(
         inner,
         per_minute=settings.rate_limit_per_minute,

@@ -45,12 +45,22 @@ class Metrics:
             ["status"],
             registry=self.registry,
         )
+        self.jsonrpc_refused = Counter(
+            "mcp_jsonrpc_refused",
+            "JSON-RPC messages and requests refused before a handler ran, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.tls_reloads = Counter(
             "mcp_tls_reloads", "Certificate reloads after rotation on disk.", registry=self.registry
         )
         # labels() costs more than the update itself: keep each child (labels are bounded).
         self._call_counters: dict[tuple[str, str, str], Counter] = {}
         self._call_timers: dict[str, Histogram] = {}
+
+    def record_jsonrpc_refusal(self, reason: str) -> None:
+        """Count a refused message; ``reason`` is one of a fixed set this server names."""
+        self.jsonrpc_refused.labels(reason=reason).inc()
 
     def record_tool_call(self, tool: str, decision: str, outcome: str, seconds: float | None = None) -> None:
         """Count a tool call, and time it when it ran."""

@@ -93,7 +93,10 @@ async def serve(service: Service) -> None:
             service.app,
             settings.host,
             settings.port,
-            http=TLSIdentityProtocol,
+            # Without client certificates of its own (oauth), a server still checks a peer's.
+            http=TLSIdentityProtocol.configured(
+                require_client_auth_usage=getattr(settings, "tls_client_require_client_auth_eku", True)
+            ),
             ssl_context_factory=lambda _config, _default: tls.listener,
             limit_concurrency=settings.max_concurrent_requests,
         )

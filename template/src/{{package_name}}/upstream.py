@@ -23,7 +23,7 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from pydantic import ValidationError
 
 from .lifecycle import Part
 from .security.audit import TRACEPARENT, trace_id_of
+from .security.jsonrpc import RefusedError
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,10 @@ class Upstream:
     breaker: CircuitBreaker
     slots: anyio.CapacityLimiter
     tools: dict[str, Tool] = field(default_factory=dict)
+    # Whether its last request was answered: False from the first failure, not only once the
+    # circuit opens, so the relay probes it every DOWN_SPOKE_PROBE_SECONDS at once.
+    answered: bool = False
+    on_unanswered: Callable[[], None] | None = None
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     async def request(self, method: str, params: Mapping[str, Any], *, probe: bool = False) -> dict[str, Any]:
@@ -130,11 +135,16 @@ class Upstream:
             raise
         except UpstreamUnavailableError:
             self.breaker.failed(time.monotonic())
+            self.answered = False
+            if self.on_unanswered is not None:
+                self.on_unanswered()
             raise
         self.breaker.succeeded()
+        self.answered = True
         error, result = message.get("error"), message.get("result")
         if isinstance(error, dict):
-            raise MCPError(code=int(error.get("code", INTERNAL_ERROR)), message=str(error.get("message", "")))
+            # The upstream is a server of this project: its errors are already in our words.
+            raise RefusedError(code=int(error.get("code", INTERNAL_ERROR)), message=str(error.get("message", "")))
         if not isinstance(result, dict):
             raise UpstreamUnavailableError(f"{self.label} sent a malformed answer")
         return result
@@ -227,6 +237,14 @@ class RelayServer(MCPServer):
     def __init__(self, upstreams: Sequence[Upstream], **options: Any) -> None:
         super().__init__(**options)
         self.upstreams = {upstream.name: upstream for upstream in upstreams}
+        self._woken: anyio.Event | None = None
+        for upstream in upstreams:
+            upstream.on_unanswered = self._upstream_unanswered
+
+    def _upstream_unanswered(self) -> None:
+        """An upstream just failed a request: end ``keep_fresh``'s long wait now."""
+        if self._woken is not None:
+            self._woken.set()
 
     def reload_client_certificate(self, cert: Path, key: Path) -> None:
         """After cert-manager rotated this server's certificate: new connections present the new one."""
@@ -235,10 +253,19 @@ class RelayServer(MCPServer):
 
     async def keep_fresh(self, interval: float) -> None:
         """Re-read the upstreams' tool lists every ``interval`` seconds (stateless servers cannot
-        notify us of a change); every two seconds while one is down or has never answered."""
+        notify us of a change); every two seconds while one is down or has never answered, from
+        the moment one fails a request (a tool call or a refresh), not from the next refresh."""
         while True:
-            down = any(not up.tools or up.breaker.state != "closed" for up in self.upstreams.values())
-            await anyio.sleep(min(interval, DOWN_SPOKE_PROBE_SECONDS) if down else interval)
+            down = any(not up.answered or up.breaker.state != "closed" for up in self.upstreams.values())
+            if down:
+                await anyio.sleep(min(interval, DOWN_SPOKE_PROBE_SECONDS))
+            else:
+                self._woken = anyio.Event()
+                with anyio.move_on_after(interval):
+                    await self._woken.wait()
+                self._woken = None
+                if any(not up.answered for up in self.upstreams.values()):
+                    await anyio.sleep(min(interval, DOWN_SPOKE_PROBE_SECONDS))
             await self.refresh()
 
     async def aclose(self) -> None:

@@ -112,6 +112,18 @@ class Policy:
             return DENY
         return Decision(allowed=False, missing_scopes=tuple(sorted(fewest_missing)))
 
+    def grantable_scopes(self, principal: Principal | None) -> tuple[str, ...]:
+        """The scopes the caller lacks that some rule matching its names requires: what a
+        wider token could let it do. The answer depends on the caller only, not on a tool."""
+        if principal is None:
+            return ()
+        names = principal.names
+        lacking: set[str] = set()
+        for principals, _tools, scopes in self.rules:
+            if any(principals.fullmatch(name) for name in names):
+                lacking |= scopes - principal.scopes
+        return tuple(sorted(lacking))
+
     def unmatched_patterns(self, tool_names: Iterable[str]) -> list[str]:
         """Tool patterns in the policy that match no registered tool: usually a typo."""
         names = list(tool_names)

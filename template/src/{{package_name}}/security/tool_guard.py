@@ -3,8 +3,14 @@
 It runs inside the SDK for every JSON-RPC message, after the transport checks and before
 the tool: ``tools/call`` of a tool the caller may not use is refused with the same error as
 an unknown tool (no probing for names), and ``tools/list`` shows only permitted tools.
-A call refused only for want of token scopes leaves the scopes it needs in the request
-state, where the OAuth layer (if any) turns the answer into 403 ``insufficient_scope``.
+A refused call leaves scopes in the request state, where the OAuth layer (if any) turns the
+answer into 403 ``insufficient_scope`` (step-up): for a tool a rule would grant the caller with
+more scopes, the scopes that rule needs; for any other name, unknown or never granted, the
+scopes the caller lacks for any rule that matches it (``Policy.grantable_scopes``), so an
+unknown tool and a forbidden one get the same challenge. Only a caller that lacks no scope gets
+the JSON-RPC error, the same for both.
+A tool's argument validation error reaches the caller as a tool error in our words, not the
+SDK's pydantic text.
 """
 
 from __future__ import annotations
@@ -14,12 +20,12 @@ from typing import Any
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
-from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, CallToolResult, ListToolsResult
+from mcp_types import INVALID_PARAMS, CallToolResult, ListToolsResult, TextContent
 
 from ..observability import Metrics
 from .audit import AuditLog, trace_id
 from .identity import Principal, client_ip, principal_from_scope, request_scope
+from .jsonrpc import RefusedError
 from .policy import Policy
 
 # MCP limits tool names to 128 characters; a longer name is logged cut to that.
@@ -58,18 +64,20 @@ class ToolGuard:
         }
         decision = self.policy.decide(principal, tool)
         if not decision.allowed:
-            if decision.missing_scopes:
-                state["insufficient_scope"] = decision.missing_scopes
-                event["missing_scopes"] = list(decision.missing_scopes)
+            # Step-up for what the caller could be granted; the same shape for every other name.
+            challenge = decision.missing_scopes or self.policy.grantable_scopes(principal)
+            if challenge:
+                state["insufficient_scope"] = challenge
+                event["missing_scopes"] = list(challenge)
             self.audit.record("tool_call", decision="deny", **event)
             label = await self._metric_label(tool, refresh=False)
             self.metrics.record_tool_call(label, "deny", "denied")
-            raise MCPError(INVALID_PARAMS, f"Unknown tool or not permitted: {tool}")
+            raise RefusedError(INVALID_PARAMS, "Unknown tool or not permitted")
         label = await self._metric_label(tool, refresh=True)
         started = time.perf_counter()
         outcome = "error"
         try:
-            result = await call_next(ctx)
+            result = _in_our_words(tool, await call_next(ctx))
             outcome = "error" if _is_error(result) else "ok"
             return result
         finally:
@@ -94,6 +102,26 @@ class ToolGuard:
         if self._known_tools is None or (refresh and tool not in self._known_tools):
             self._known_tools = frozenset(t.name for t in await self.server.list_tools())
         return tool if tool in self._known_tools else "unknown"
+
+
+def _in_our_words(tool: str, result: HandlerResult) -> HandlerResult:
+    """The SDK reports bad arguments as a tool error ``Error executing tool <name>: <pydantic's
+    validation text>`` (class names, pydantic version, the input echoed), and a crash as
+    ``Error executing tool <name>``: replace both. A tool's own ``ToolError`` text stays."""
+    if not _is_error(result):
+        return result
+    content = result.content if isinstance(result, CallToolResult) else result.get("content")  # type: ignore[union-attr]
+    first = content[0] if isinstance(content, list) and content else None
+    text = first.text if isinstance(first, TextContent) else first.get("text") if isinstance(first, dict) else None
+    prefix = f"Error executing tool {tool}"
+    if not isinstance(text, str) or not text.startswith(prefix):
+        return result
+    ours = (
+        "Invalid arguments: they do not match the tool's input schema"
+        if text.startswith(prefix + ":")
+        else "The tool failed; the server log has the details"
+    )
+    return CallToolResult(content=[TextContent(type="text", text=ours)], is_error=True)
 
 
 def _is_error(result: HandlerResult) -> bool:

@@ -19,6 +19,9 @@ class ClientCASettings(BaseSettings):
     }
 
     tls_client_ca_file: Path = Path(".dev-pki/ca.pem")
+    # A client certificate must name clientAuth in its extended key usage: a server certificate
+    # from the same CA (or one without any EKU) cannot stand in for a client's.
+    tls_client_require_client_auth_eku: bool = True
 
     @field_validator("tls_client_ca_file")
     @classmethod
