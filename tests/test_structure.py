@@ -12,6 +12,7 @@ import yaml
 from conftest import ROOT, questions
 from copier import run_copy
 from pathspec import PathSpec
+from pymarkdown.api import PyMarkdownApi
 
 TEMPLATE = ROOT / "template"
 CONFIG = yaml.safe_load((ROOT / "copier.yml").read_text())
@@ -123,3 +124,13 @@ def test_what_each_answer_leaves_out_names_recorded_answers_only() -> None:
     for entry in CONFIG["_exclude"]:
         used = set(re.findall(r"\b[a-z_]+\b", " ".join(re.findall(r"\{%(.*?)%\}", entry))))
         assert not used & set(COMPUTED), f"{entry!r} uses {sorted(used & set(COMPUTED))}"
+
+
+def test_the_templates_own_markdown_passes_the_linter() -> None:
+    linter = PyMarkdownApi().disable_rule_by_identifier("md013")
+    failures = [
+        f"{f.scan_file}:{f.line_number} {f.rule_id} {f.rule_description}"
+        for path in [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+        for f in linter.scan_path(str(path)).scan_failures
+    ]
+    assert failures == []
