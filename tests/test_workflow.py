@@ -21,11 +21,20 @@ pytestmark = pytest.mark.xdist_group("workflow")
 PREFIX = "ACME_MCP_SERVER_"
 
 
+_RESERVED: list[socket.socket] = []
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback port for a server this process starts. The socket stays bound (never
+    listening) while this process runs: the kernel then gives the port to no other bind(0) or
+    outgoing connection, so parallel tests cannot collide on it, and a server that binds it
+    with SO_REUSEADDR (ours and uvicorn's do) still can."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    _RESERVED.append(sock)
+    port: int = sock.getsockname()[1]
+    return port
 
 
 def make(project: Path, *targets: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

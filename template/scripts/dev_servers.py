@@ -2,17 +2,34 @@
 
 ``dev_spokes.py`` (hub-and-spoke) and ``dev_peers.py`` (federated) give each its settings;
 this runs them as ``python -m <package>`` processes until Ctrl-C or SIGTERM, or until one exits.
+``free_port`` gives the tests and ``make bench`` loopback ports that nothing else takes meanwhile.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess  # nosec B404
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from types import FrameType
+
+_RESERVED: list[socket.socket] = []
+
+
+def free_port() -> int:
+    """A loopback port for a server this process starts. The socket stays bound (never
+    listening) while this process runs: the kernel then gives the port to no other bind(0) or
+    outgoing connection, so parallel tests cannot collide on it, and a server that binds it
+    with SO_REUSEADDR (ours and uvicorn's do) still can."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    _RESERVED.append(sock)
+    port: int = sock.getsockname()[1]
+    return port
 
 
 def run_all(package: str, environments: Sequence[Mapping[str, str]]) -> int:
