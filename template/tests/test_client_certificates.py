@@ -58,6 +58,25 @@ def test_certificate_without_extended_key_usage_is_refused_and_audited(server: R
     assert not server.audit_events(event="tool_call", http_request_id="no-eku")
 
 
+def test_without_the_eku_requirement_such_a_certificate_is_a_client(tmp_path: Path) -> None:
+    """``TLS_CLIENT_REQUIRE_CLIENT_AUTH_EKU=false`` is the opt-out for a CA whose client
+    certificates name no usage: the same certificate is then the reader."""
+    pki = make_pki(tmp_path / "pki")
+    lenient = start_server(pki, tmp_path / "server.log", tls_client_require_client_auth_eku="false")
+    try:
+        tls = not_for_clients(lenient, tmp_path, usage=False)
+        _, headers = lenient.credentials("reader")  # a token too, where the server asks for one
+        with httpx2.Client(
+            base_url=f"https://localhost:{lenient.port}", verify=tls, headers=headers, timeout=10.0
+        ) as http:
+            response = http.post("/mcp", headers={**MCP_HEADERS, "x-request-id": "lenient"}, json=WHOAMI)
+        assert response.status_code == 200
+        (event,) = lenient.audit_events(event="tool_call", http_request_id="lenient")
+        assert event["principal"] == CLIENTS["reader"]
+    finally:
+        stop_server(lenient)
+
+
 @pytest.fixture
 def rotating_ca(tmp_path: Path) -> Iterator[RunningServer]:
     pki = make_pki(tmp_path / "pki")

@@ -57,6 +57,17 @@ def test_safe_request_id_is_kept_and_unsafe_one_replaced(http: httpx2.Client) ->
     assert replaced.headers["x-request-id"] != "a b\tc"
 
 
+@pytest.mark.parametrize("header", ["x-forwarded-for", "forwarded", "x-real-ip"])
+def test_a_forwarded_address_is_not_believed(server: RunningServer, http: httpx2.Client, header: str) -> None:
+    """Budgets and audit lines key on the connection's address: a mesh sidecar connects from
+    127.0.0.1, where uvicorn would otherwise trust X-Forwarded-For."""
+    value = "for=203.0.113.9" if header == "forwarded" else "203.0.113.9"
+    request_id = f"forwarded-{header}"
+    http.post("/mcp", headers={**MCP_HEADERS, header: value, "x-request-id": request_id}, json=call("whoami"))
+    (event,) = server.audit_events(event="tool_call", http_request_id=request_id)
+    assert event["client_ip"] == "127.0.0.1"
+
+
 def test_foreign_origin_is_refused_and_audited(server: RunningServer, http: httpx2.Client) -> None:
     headers = {**MCP_HEADERS, "origin": "https://attacker.example", "x-request-id": "origin-check"}
     response = http.post("/mcp", headers=headers, json=call("whoami"))

@@ -155,6 +155,9 @@ def _config(app: ASGIApp, host: str, port: int, **options: Any) -> uvicorn.Confi
         log_config=None,  # our JSON logging (observability.configure_logging) applies
         access_log=False,  # the audit log records every tool call and every refusal
         server_header=False,
+        # uvicorn's default trusts X-Forwarded-For from 127.0.0.1, which is where a mesh sidecar
+        # connects from: a caller could then choose the address its budget and audit lines see.
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
         **options,
     )
