@@ -5,12 +5,13 @@ git history: a template with two releases, a project at the older one, a bare re
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import UV
+from conftest import ROOT, UV
 from copier import run_copy
 from test_update import FIX, HEADERS_MODULE, commit_all, git, template_repo
 
@@ -140,3 +141,11 @@ def test_the_guard_fails_on_a_rejected_hunk_and_on_markers_in_any_text_file(temp
     readme.write_text("Title\n=======\n")
     (project / "config" / "policy.toml.rej").unlink()
     assert guard(project).returncode == 0
+
+
+def test_the_update_runs_the_copier_this_repository_pins() -> None:
+    """One copier version: the template's own dev pin is the one generated projects update with."""
+    pinned = re.search(r'"copier==([^"]+)"', (ROOT / "pyproject.toml").read_text())
+    makefile = re.search(r"^COPIER_VERSION := (\S+)$", (ROOT / "template" / "Makefile.jinja").read_text(), re.MULTILINE)
+    assert pinned and makefile
+    assert makefile[1] == pinned[1]
