@@ -8,6 +8,9 @@ from starlette.types import ASGIApp
 
 
 class Part:
+    # The kinds of caller name (security.policy: CERTIFICATE, TOKEN) this feature gives callers.
+    caller_names: frozenset[str] = frozenset()
+
     def wrap(self, app: ASGIApp, inner: ASGIApp) -> ASGIApp:
         """A layer between the rate limit and the security headers, around ``app`` (the
         rate-limited app); ``inner`` is the app inside the rate limit, for callers that get a

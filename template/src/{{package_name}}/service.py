@@ -27,7 +27,7 @@ from .lifecycle import Part
 from .observability import Metrics, ops_app
 from .security.audit import AuditLog
 from .security.identity import TLSIdentityProtocol
-from .security.policy import Policy
+from .security.policy import CERTIFICATE, Policy
 from .security.tls import ReloadingTLS, TLSFiles
 from .settings import ENV_PREFIX, Settings
 
@@ -57,6 +57,8 @@ def assemble(settings: Settings, files: TLSFiles, build: Build) -> Service:
     policy = Policy.load(settings.policy_file)
     metrics, audit = Metrics(), AuditLog()
     server, parts = build(policy, audit)
+    certificates = {CERTIFICATE} if files.verify_files else set()
+    policy.check_callers(certificates.union(*(part.caller_names for part in parts)))
     app = create_app(settings, server, policy, audit, metrics, parts)
     mcp_socket = bind(settings.host, settings.port, "HOST", "PORT")
     ops_socket = bind(settings.ops_host, settings.ops_port, "OPS_HOST", "OPS_PORT")

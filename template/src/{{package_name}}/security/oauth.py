@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..lifecycle import Part
 from .audit import AuditLog
 from .identity import Principal, certificate_principal, client_ip
+from .policy import TOKEN
 
 log = logging.getLogger(__name__)
 
@@ -470,6 +471,8 @@ def _bearer_token(scope: Scope) -> str | None:
 class BearerTokens(Part):
     """Serving with bearer tokens: ``gate`` (BearerAuth) in front of the rate limit, and the
     issuer's keys, loaded beside the server."""
+
+    caller_names = frozenset({TOKEN})
 
     def __init__(self, verifier: TokenVerifier, gate: Callable[[ASGIApp], ASGIApp]) -> None:
         self.verifier, self.gate = verifier, gate

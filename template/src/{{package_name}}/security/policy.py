@@ -5,6 +5,12 @@ the tool's name, and the caller's access token carries every scope the rule list
 without ``scopes`` needs none; a caller known by certificate alone has none). Patterns are
 shell-style (``*``, ``?``, ``[...]``); ``*`` also crosses ``/``. When only scopes are
 missing, the decision names them, so an OAuth client can ask for them (step-up).
+
+At start-up, ``check_callers`` refuses a principal pattern that no caller of this server can
+ever match: a token name (``sub:``, ``client_id:``) where no bearer token is taken, or a
+certificate name (``spiffe://...``, ``dns:``, ``cn:``) where no client presents a certificate.
+Such a rule is left over from another ``auth_mode`` (``copier update --data auth_mode=...``)
+and would silently grant nobody.
 """
 
 from __future__ import annotations
@@ -26,6 +32,11 @@ Pattern = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
 # RFC 6749 section 3.3 scope-token characters.
 Scope = Annotated[str, StringConstraints(pattern=r"^[\x21\x23-\x5b\x5d-\x7e]+$")]
 _CACHE_LIMIT = 10_000
+# The kinds of name a caller can have (security.identity.Principal.names).
+CERTIFICATE, TOKEN = "certificate", "token"
+_TOKEN_PREFIXES = ("sub:", "client_id:")
+_CERTIFICATE_PREFIXES = ("dns:", "cn:")
+_WILDCARDS = re.compile(r"[*?\[]")
 
 
 class PolicyError(ConfigError):
@@ -61,8 +72,25 @@ class Decision:
 ALLOW, DENY = Decision(allowed=True), Decision(allowed=False)
 
 
+def name_kind(pattern: str) -> str | None:
+    """The kind of name a pattern can only match, from its literal start; None: any kind."""
+    literal = _WILDCARDS.split(pattern, maxsplit=1)[0]
+    if literal.startswith(_TOKEN_PREFIXES):
+        return TOKEN
+    if literal.startswith(_CERTIFICATE_PREFIXES) or "://" in literal:
+        return CERTIFICATE
+    return None
+
+
+_HOW_TO_NAME = {
+    TOKEN: "this server takes no bearer tokens: name callers by certificate (spiffe://..., dns:<name>, cn:<name>)",
+    CERTIFICATE: "no client presents a certificate to this server: name callers by token (sub:<sub>, client_id:<id>)",
+}
+
+
 class Policy:
-    def __init__(self, document: PolicyDocument) -> None:
+    def __init__(self, document: PolicyDocument, source: Path | None = None) -> None:
+        self.document, self.source = document, source
         self.rules = [
             (_compile(rule.principals), _compile(rule.tools), frozenset(rule.scopes)) for rule in document.allow
         ]
@@ -74,7 +102,7 @@ class Policy:
     def load(cls, path: Path) -> Policy:
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
-            return cls(PolicyDocument.model_validate(raw))
+            return cls(PolicyDocument.model_validate(raw), path)
         except OSError as exc:
             raise PolicyError(f"{path}: cannot read: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
@@ -83,6 +111,17 @@ class Policy:
             error = exc.errors()[0]
             where = ".".join(str(part) for part in error["loc"])
             raise PolicyError(f"{path}: {where}: {error['msg']}") from None
+
+    def check_callers(self, kinds: Iterable[str]) -> None:
+        """Refuse a principal pattern only names of another kind than ``kinds`` could match."""
+        possible = frozenset(kinds)
+        for number, rule in enumerate(self.document.allow):
+            for pattern in rule.principals:
+                kind = name_kind(pattern)
+                if kind is not None and kind not in possible:
+                    raise PolicyError(
+                        f"{self.source}: allow.{number}.principals: {pattern!r} can never match: {_HOW_TO_NAME[kind]}"
+                    )
 
     def allows(self, principal: Principal | None, tool: str) -> bool:
         return self.decide(principal, tool).allowed
