@@ -1,7 +1,10 @@
 """ASGI assembly: the security layers around the SDK's Streamable HTTP app.
 
 Request path, outermost first (the layers in brackets are those of some answers only):
-  TLS 1.3 handshake, with client certificate for mtls (security.tls, before any byte of HTTP)
+  TLS 1.3 handshake, with client certificate for mtls (security.tls, before any byte of HTTP),
+                                within TLS_HANDSHAKE_TIMEOUT_SECONDS (service.BoundedServer)
+  -> BoundedHttpProtocol        head timeout, head size (431), connections per address
+                                (security.connections)
   -> SecurityHeadersMiddleware  request id, security headers, audit of refused requests;
                                 400 for a repeated Authorization/Host/... header, 403 for a
                                 client certificate without the clientAuth EKU
@@ -9,6 +12,8 @@ Request path, outermost first (the layers in brackets are those of some answers 
                                 the allow-list; peers take their own path (no token, own budget)]
   [-> BearerAuth                oauth: bearer JWT, 401/403 + WWW-Authenticate, RFC 9728 metadata]
   -> RateLimitMiddleware        per-principal budget, 429 + Retry-After
+  -> InFlightLimit              authenticated requests in progress, 503 + Retry-After beyond
+                                MAX_CONCURRENT_REQUESTS (a peer's own path passes it too)
   -> StatelessStreamGate        GET /mcp answered 405 instead of an idle event stream
   -> JsonRpcGate                JSON-RPC checked before the SDK: parse error, batch, invalid id,
                                 missing method, request without id, params not an object (400)
@@ -34,6 +39,7 @@ from .lifecycle import Part
 from .observability import Metrics
 from .security.audit import AuditLog
 from .security.headers import SecurityHeadersMiddleware
+from .security.inflight import InFlightLimit
 from .security.jsonrpc import JsonRpcErrors, JsonRpcGate
 from .security.policy import Policy
 from .security.ratelimit import RateLimitMiddleware
@@ -97,7 +103,10 @@ def create_app(
         security=transport_security(settings),
         metrics=metrics,
     )
-    inner: ASGIApp = StatelessStreamGate(checked)
+    # Inside the rate limits and every authentication layer: only verified callers take a slot.
+    inner: ASGIApp = InFlightLimit(
+        StatelessStreamGate(checked), limit=settings.max_concurrent_requests, audit=audit, metrics=metrics
+    )
     app: ASGIApp = RateLimitMiddleware(
         inner,
         per_minute=settings.rate_limit_per_minute,

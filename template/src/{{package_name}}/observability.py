@@ -51,6 +51,17 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.connections_refused = Counter(
+            "mcp_connections_refused",
+            "Connections on the MCP port closed before a request was complete, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.requests_shed = Counter(
+            "mcp_requests_shed",
+            "Authenticated requests answered 503 because MAX_CONCURRENT_REQUESTS were in progress.",
+            registry=self.registry,
+        )
         self.tls_reloads = Counter(
             "mcp_tls_reloads", "Certificate reloads after rotation on disk.", registry=self.registry
         )
@@ -61,6 +72,10 @@ class Metrics:
     def record_jsonrpc_refusal(self, reason: str) -> None:
         """Count a refused message; ``reason`` is one of a fixed set this server names."""
         self.jsonrpc_refused.labels(reason=reason).inc()
+
+    def record_connection_refusal(self, reason: str) -> None:
+        """Count a refused connection; ``reason`` is one of a fixed set (``security.connections``)."""
+        self.connections_refused.labels(reason=reason).inc()
 
     def record_tool_call(self, tool: str, decision: str, outcome: str, seconds: float | None = None) -> None:
         """Count a tool call, and time it when it ran."""

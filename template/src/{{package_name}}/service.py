@@ -8,9 +8,11 @@ happens in ``assemble``, before serving, and raises a ``ConfigError``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import socket
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
@@ -20,12 +22,14 @@ import anyio
 import uvicorn
 from mcp.server.mcpserver import MCPServer
 from starlette.types import ASGIApp
+from uvicorn.config import STARTUP_FAILURE
 
 from .app import create_app
 from .errors import ConfigError
 from .lifecycle import Part
 from .observability import Metrics, ops_app
 from .security.audit import AuditLog
+from .security.connections import ConnectionBounds
 from .security.identity import TLSIdentityProtocol
 from .security.policy import CERTIFICATE, Policy
 from .security.tls import ReloadingTLS, TLSFiles
@@ -47,6 +51,7 @@ class Service:
     server: MCPServer
     app: ASGIApp
     metrics: Metrics
+    audit: AuditLog
     mcp_socket: socket.socket
     ops_socket: socket.socket
     parts: Sequence[Part]
@@ -62,7 +67,7 @@ def assemble(settings: Settings, files: TLSFiles, build: Build) -> Service:
     app = create_app(settings, server, policy, audit, metrics, parts)
     mcp_socket = bind(settings.host, settings.port, "HOST", "PORT")
     ops_socket = bind(settings.ops_host, settings.ops_port, "OPS_HOST", "OPS_PORT")
-    return Service(settings, tls, policy, server, app, metrics, mcp_socket, ops_socket, parts)
+    return Service(settings, tls, policy, server, app, metrics, audit, mcp_socket, ops_socket, parts)
 
 
 def bind(host: str, port: int, host_setting: str, port_setting: str) -> socket.socket:
@@ -90,18 +95,28 @@ async def serve(service: Service) -> None:
         log.warning("policy names tools this server does not have", extra={"patterns": unmatched})
     metrics.tls_certificate_expiry.set_function(lambda: tls.expires_at.timestamp())
 
-    mcp_server = uvicorn.Server(
+    bounds = ConnectionBounds(
+        head_timeout=settings.request_head_timeout_seconds,
+        max_head_bytes=settings.max_request_head_bytes,
+        max_per_address=settings.max_connections_per_address,
+        metrics=metrics,
+        audit=service.audit,
+    )
+    # No limit_concurrency: uvicorn's counts idle and unauthenticated connections too, so they
+    # could keep every caller out; app.create_app caps authenticated requests instead.
+    mcp_server = BoundedServer(
         _config(
             service.app,
             settings.host,
             settings.port,
             # Without client certificates of its own (oauth), a server still checks a peer's.
             http=TLSIdentityProtocol.configured(
-                require_client_auth_usage=getattr(settings, "tls_client_require_client_auth_eku", True)
+                require_client_auth_usage=getattr(settings, "tls_client_require_client_auth_eku", True),
+                bounds=bounds,
             ),
             ssl_context_factory=lambda _config, _default: tls.listener,
-            limit_concurrency=settings.max_concurrent_requests,
-        )
+        ),
+        tls_handshake_timeout=settings.tls_handshake_timeout_seconds,
     )
 
     def is_ready() -> bool:
@@ -147,6 +162,45 @@ async def serve(service: Service) -> None:
         watcher.cancel()
     for part in parts:
         await part.aclose()
+
+
+class BoundedServer(uvicorn.Server):
+    """uvicorn's server on pre-bound sockets, with a bound on the TLS handshake and on the TLS
+    shutdown: uvicorn passes neither to ``create_server``, and asyncio's defaults (60 s, 30 s)
+    let a peer that sends nothing hold a connection that long."""
+
+    def __init__(self, config: uvicorn.Config, *, tls_handshake_timeout: float) -> None:
+        super().__init__(config)
+        self.tls_handshake_timeout = tls_handshake_timeout
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if sockets is None:
+            raise ValueError("BoundedServer serves pre-bound sockets only (service.bind)")
+        # What uvicorn's Server.startup does for sockets, plus the two timeouts.
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            sys.exit(STARTUP_FAILURE)
+        config = self.config
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=_loop
+            )
+            return protocol
+
+        loop = asyncio.get_running_loop()
+        self.servers = [
+            await loop.create_server(
+                create_protocol,
+                sock=sock,
+                ssl=config.ssl,
+                backlog=config.backlog,
+                ssl_handshake_timeout=self.tls_handshake_timeout if config.ssl else None,
+                ssl_shutdown_timeout=self.tls_handshake_timeout if config.ssl else None,
+            )
+            for sock in sockets
+        ]
+        self.started = True
 
 
 def _config(app: ASGIApp, host: str, port: int, **options: Any) -> uvicorn.Config:
