@@ -214,7 +214,8 @@ def test_no_private_key_or_dev_pki_is_generated(rendered: tuple[Path, dict[str, 
 
 
 def test_untrusted_copy_gives_the_same_project(tmp_path: Path) -> None:
-    """Tasks are a convenience: without --trust (tasks skipped) the tree is the same, minus git."""
+    """Tasks are a convenience: without --trust (tasks skipped) the tree is the same, minus git
+    and the uv.lock that the task resolves."""
     trusted = render(tmp_path / "trusted", trust=True)
     untrusted = render(tmp_path / "untrusted", trust=False, skip_tasks=True)
 
@@ -222,7 +223,10 @@ def test_untrusted_copy_gives_the_same_project(tmp_path: Path) -> None:
         # A dirty template checkout is committed afresh for each copy: _commit may differ.
         return {p.relative_to(root): re.sub(rb"_commit: .*\n", b"", p.read_bytes()) for p in files(root)}
 
-    assert tree(trusted) == tree(untrusted)
+    locked = tree(trusted)
+    assert tomllib.loads(locked.pop(Path("uv.lock")).decode())["package"], "the task locked the dependencies"
+    assert locked == tree(untrusted)
+    assert not (untrusted / "uv.lock").exists()
     assert (trusted / ".git").is_dir()
     assert not (untrusted / ".git").exists()
     branch = subprocess.run(

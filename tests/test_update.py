@@ -91,6 +91,8 @@ def tree_without_commit(project: Path) -> dict[str, bytes]:
         for path in project.rglob("*")
         if path.is_file() and ".git" not in path.relative_to(project).parts
     }
+    # The copy task locks (uv.lock, when uv is on PATH); an update leaves that to `uv lock`.
+    files.pop("uv.lock", None)
     answers = files[".copier-answers.yml"].splitlines()
     files[".copier-answers.yml"] = b"\n".join(line for line in answers if not line.startswith(b"_commit:"))
     return files
