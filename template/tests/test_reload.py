@@ -5,20 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx2
 import pytest
 
 from conftest import (
-    PKI,
     RunningServer,
     eventually,
     make_pki,
+    reloads,
     replace_atomically,
+    rotate_server_certificate,
     served_certificate,
     start_server,
     stop_server,
 )
-from dev_pki import Issued, issue_server
 
 
 @pytest.fixture
@@ -27,20 +26,6 @@ def rotating(tmp_path: Path) -> Iterator[RunningServer]:
     running = start_server(pki, tmp_path / "server.log", tls_reload_interval_seconds="0.1")
     yield running
     stop_server(running)
-
-
-def reloads(server: RunningServer) -> float:
-    for line in httpx2.get(f"{server.ops_url}/metrics").text.splitlines():
-        if line.startswith("mcp_tls_reloads_total "):
-            return float(line.split()[1])
-    raise AssertionError("mcp_tls_reloads_total not exported")
-
-
-def rotate_server_certificate(pki: PKI) -> Issued:
-    fresh = issue_server(pki.ca)
-    replace_atomically(pki.directory / "server-key.pem", fresh.key_pem())
-    replace_atomically(pki.directory / "server.pem", fresh.cert_pem())
-    return fresh
 
 
 def test_rotated_server_certificate_is_served_to_new_connections(rotating: RunningServer) -> None:

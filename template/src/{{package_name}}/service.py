@@ -9,17 +9,18 @@ happens in ``assemble``, before serving, and raises a ``ConfigError``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import anyio
 import uvicorn
+from anyio.abc import TaskGroup
 from mcp.server.mcpserver import MCPServer
 from starlette.types import ASGIApp
 from uvicorn.config import STARTUP_FAILURE
@@ -34,11 +35,14 @@ from .security.identity import TLSIdentityProtocol
 from .security.policy import CERTIFICATE, Policy
 from .security.tls import ReloadingTLS, TLSFiles
 from .settings import ENV_PREFIX, Settings
+from .shutdown import Shutdown
 
 log = logging.getLogger(__name__)
 
 # What a topology serves, given the policy and the audit log: its MCP server and its parts.
 Build = Callable[[Policy, AuditLog], tuple[MCPServer, Sequence[Part]]]
+# After the listener closed, how long connections accepted just before have to send their request.
+LAST_REQUEST_SECONDS = 0.5
 
 
 @dataclass
@@ -94,6 +98,7 @@ async def serve(service: Service) -> None:
     if unmatched:
         log.warning("policy names tools this server does not have", extra={"patterns": unmatched})
     metrics.tls_certificate_expiry.set_function(lambda: tls.expires_at.timestamp())
+    shutdown = Shutdown()
 
     bounds = ConnectionBounds(
         head_timeout=settings.request_head_timeout_seconds,
@@ -106,7 +111,7 @@ async def serve(service: Service) -> None:
     # could keep every caller out; app.create_app caps authenticated requests instead.
     mcp_server = BoundedServer(
         _config(
-            service.app,
+            shutdown.wrap(service.app),
             settings.host,
             settings.port,
             # Without client certificates of its own (oauth), a server still checks a peer's.
@@ -118,50 +123,85 @@ async def serve(service: Service) -> None:
         ),
         tls_handshake_timeout=settings.tls_handshake_timeout_seconds,
     )
+    mcp_server.config.timeout_graceful_shutdown = settings.shutdown_grace_seconds
 
     def is_ready() -> bool:
         """Serving, and ready as far as every part is concerned (with OAuth: holding the issuer's keys)."""
-        return mcp_server.started and not mcp_server.should_exit and all(part.ready() for part in parts)
+        serving = mcp_server.started and not shutdown.draining and not mcp_server.should_exit
+        return serving and all(part.ready() for part in parts)
 
     ops_server = uvicorn.Server(
         _config(ops_app(metrics, is_ready), settings.ops_host, settings.ops_port, lifespan="off")
     )
+    # The signals are answered below, not by uvicorn: it would close the listener at once.
+    for server in (mcp_server, ops_server):
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
 
-    def stop(_signum: int, _frame: FrameType | None) -> None:
-        mcp_server.should_exit = ops_server.should_exit = True
-
-    # uvicorn drains on SIGTERM and then re-raises it to the handler it found; with this one
-    # that is a no-op, so a drained server exits 0 (and a SIGTERM during start-up still stops it).
-    signal.signal(signal.SIGTERM, stop)
-
-    watcher = anyio.CancelScope()
+    def reload_certificates() -> bool:
+        if not tls.reload_if_changed():
+            return False
+        metrics.tls_reloads.inc()
+        for part in parts:
+            part.certificates_reloaded()
+        return True
 
     async def watch_certificates() -> None:
         while True:
             await anyio.sleep(settings.tls_reload_interval_seconds)
-            if tls.reload_if_changed():
-                metrics.tls_reloads.inc()
-                for part in parts:
-                    part.certificates_reloaded()
+            reload_certificates()
 
-    async def housekeeping() -> None:
-        """The background loops, stopped together when serving ends."""
-        with watcher:
+    async def drain(name: str) -> None:
+        log.info(
+            "stopping: not ready any more, still serving for the drain",
+            extra={"signal": name, "drain_seconds": settings.shutdown_drain_seconds},
+        )
+        if not await shutdown.drain(settings.shutdown_drain_seconds):
+            log.info("drain cut short by a second signal")
+        # Stop accepting first: a connection accepted a moment ago then gets its first request
+        # in, which uvicorn answers, where it would close the connection as idle.
+        for listener in mcp_server.servers:
+            listener.close()
+        log.info(
+            "listener closed: requests in flight may finish",
+            extra={"grace_seconds": settings.shutdown_grace_seconds},
+        )
+        await anyio.sleep(LAST_REQUEST_SECONDS)
+        mcp_server.should_exit = True
+
+    async def answer(signals: AsyncIterator[int], loops: TaskGroup) -> None:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP: certificate files checked now", extra={"reloaded": reload_certificates()})
+            elif not shutdown.draining:
+                shutdown.begin()
+                loops.start_soon(drain, name)
+            elif not mcp_server.should_exit:
+                shutdown.cut_short()
+            else:
+                log.warning("stopping now, without waiting for requests in flight", extra={"signal": name})
+                mcp_server.force_exit = True
+
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with anyio.create_task_group() as servers:
+            servers.start_soon(lambda: ops_server.serve(sockets=[service.ops_socket]))
             async with anyio.create_task_group() as loops:
+                loops.start_soon(answer, signals, loops)
                 loops.start_soon(watch_certificates)
                 for part in parts:
+                    loops.start_soon(part.start)
                     loops.start_soon(part.keep)
-
-    async with anyio.create_task_group() as tasks:
+                await mcp_server.serve(sockets=[service.mcp_socket])
+                # Every loop ends with serving, a part still starting too (an issuer that
+                # never answers must not keep the process alive).
+                loops.cancel_scope.cancel()
+            ops_server.should_exit = True
         for part in parts:
-            tasks.start_soon(part.start)
-        tasks.start_soon(housekeeping)
-        tasks.start_soon(lambda: ops_server.serve(sockets=[service.ops_socket]))
-        await mcp_server.serve(sockets=[service.mcp_socket])
-        ops_server.should_exit = True
-        watcher.cancel()
-    for part in parts:
-        await part.aclose()
+            await part.aclose()
+    # Stopping already: a late signal must not turn exit code 0 into death by signal.
+    for late in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(late, signal.SIG_IGN)
+    log.info("stopped")
 
 
 class BoundedServer(uvicorn.Server):
