@@ -2,9 +2,11 @@
 
 Request path, outermost first (the layers in brackets are those of some answers only):
   TLS 1.3 handshake, with client certificate for mtls (security.tls, before any byte of HTTP)
-  -> SecurityHeadersMiddleware  request id, security headers, audit of refused requests;
-                                400 for a repeated Authorization/Host/... header, 403 for a
-                                client certificate without the clientAuth EKU
+  -> SecurityHeadersMiddleware  request id, security headers; 429 for an address that spent
+                                its budget of refused requests (security.floods), before any
+                                check; 400 for a repeated Authorization/Host/... header, 403 for
+                                a client certificate without the clientAuth EKU; every 4xx
+                                counted and audited (aggregated per source, security.audit)
   [-> PeerGate                  federated: a peer's certificate checked against its own CA and
                                 the allow-list; peers take their own path (no token, own budget)]
   [-> BearerAuth                oauth: bearer JWT, 401/403 + WWW-Authenticate, RFC 9728 metadata]
@@ -33,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .lifecycle import Part
 from .observability import Metrics
 from .security.audit import AuditLog
+from .security.floods import RefusalBudget
 from .security.headers import SecurityHeadersMiddleware
 from .security.jsonrpc import JsonRpcErrors, JsonRpcGate
 from .security.policy import Policy
@@ -106,4 +109,5 @@ def create_app(
     )
     for part in parts:
         app = part.wrap(app, inner)
-    return SecurityHeadersMiddleware(app, audit=audit, metrics=metrics)
+    budget = RefusalBudget(settings.address_refusals_per_minute)
+    return SecurityHeadersMiddleware(app, audit=audit, metrics=metrics, refusal_budget=budget)

@@ -25,7 +25,7 @@ from .app import create_app
 from .errors import ConfigError
 from .lifecycle import Part
 from .observability import Metrics, ops_app
-from .security.audit import AuditLog
+from .security.audit import AuditLog, RefusalSummaries
 from .security.identity import TLSIdentityProtocol
 from .security.policy import Policy
 from .security.tls import ReloadingTLS, TLSFiles
@@ -55,8 +55,9 @@ class Service:
 def assemble(settings: Settings, files: TLSFiles, build: Build) -> Service:
     tls = ReloadingTLS(files)
     policy = Policy.load(settings.policy_file)
-    metrics, audit = Metrics(), AuditLog()
-    server, parts = build(policy, audit)
+    metrics, audit = Metrics(), AuditLog(refusal_window_seconds=settings.audit_refusal_window_seconds)
+    server, built = build(policy, audit)
+    parts = [*built, RefusalSummaries(audit.refusals)]
     app = create_app(settings, server, policy, audit, metrics, parts)
     mcp_socket = bind(settings.host, settings.port, "HOST", "PORT")
     ops_socket = bind(settings.ops_host, settings.ops_port, "OPS_HOST", "OPS_PORT")
