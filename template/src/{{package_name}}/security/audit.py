@@ -43,10 +43,13 @@ class AuditLog:
         self._stream = stream or sys.stdout
         self.refusals = RefusalAudit(self, refusal_window_seconds)
 
-    def record(self, event: str, **fields: object) -> None:
-        line = {"ts": datetime.now(UTC).isoformat(), "log_type": "audit", "event": event, **fields}
+    def record(self, event: str, **fields: object) -> str:
+        """Write the event; returns its timestamp."""
+        ts = datetime.now(UTC).isoformat()
+        line = {"ts": ts, "log_type": "audit", "event": event, **fields}
         self._stream.write(json.dumps(line, default=str, separators=(",", ":")) + "\n")
         self._stream.flush()
+        return ts
 
     def refused(self, scope: Scope, event: str, refusal: str, **fields: object) -> None:
         """Audit a refused request (aggregated per window, see ``RefusalAudit``). ``refusal`` names
@@ -93,9 +96,9 @@ class RefusalAudit:
             window.count += 1
             window.fields = fields
             return
-        self.audit.record(event, **fields, count=1)
+        written = self.audit.record(event, **fields, count=1)
         if self.window_seconds > 0:
-            self._windows[source] = _Window(event, datetime.now(UTC).isoformat(), now)
+            self._windows[source] = _Window(event, written, now)
             if len(self._windows) > self.max_sources:
                 self._write(self._windows.popitem(last=False)[1])
         self.flush()
