@@ -12,6 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from test_ops import metric
+
 from conftest import PKI, PRINCIPAL_IDS, RunningServer, start_server, stop_server
 
 MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
@@ -135,7 +137,9 @@ def test_fuzzed_tool_arguments_get_a_tool_error_not_a_crash(http: httpx2.Client,
 
 @pytest.fixture(scope="module")
 def limited_server(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(pki, tmp_path_factory.mktemp("limited") / "server.log", rate_limit_per_minute="3")
+    # The default aggregation of refusal audit lines (the other servers write one per refusal).
+    log_file = tmp_path_factory.mktemp("limited") / "server.log"
+    running = start_server(pki, log_file, rate_limit_per_minute="3", audit_refusal_window_seconds="10")
     yield running
     stop_server(running)
 
@@ -144,14 +148,19 @@ def test_rate_limit_per_principal_gives_429_with_retry_after(limited_server: Run
     with limited_server.http("reader") as reader, limited_server.http("operator") as operator:
         statuses = [reader.post("/mcp", headers=MCP_HEADERS, json=call("whoami")).status_code for _ in range(3)]
         limited = reader.post("/mcp", headers=MCP_HEADERS, json=call("whoami"))
+        again = [reader.post("/mcp", headers=MCP_HEADERS, json=call("whoami")).status_code for _ in range(4)]
         other_principal = operator.post("/mcp", headers=MCP_HEADERS, json=call("whoami"))
     assert statuses == [200, 200, 200]
     assert limited.status_code == 429
     assert 1 <= int(limited.headers["retry-after"]) <= 60
     assert limited.json()["error"]["message"].startswith("Rate limit exceeded")
     assert other_principal.status_code == 200, "one principal's budget must not limit another"
+    assert again == [429] * 4
+    # The first 429 is audited at once; the others of its window are counted into one later line.
     (event,) = limited_server.audit_events(event="rate_limited")
     assert event["principal"] == PRINCIPAL_IDS["reader"]
+    assert event["count"] == 1
+    assert metric(limited_server, "mcp_requests_refused_total", reason="rate_limited") == 5
 
 
 # What no error may carry: library text, class names, validation details, a trace.

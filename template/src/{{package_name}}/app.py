@@ -5,9 +5,11 @@ Request path, outermost first (the layers in brackets are those of some answers 
                                 within TLS_HANDSHAKE_TIMEOUT_SECONDS (service.BoundedServer)
   -> BoundedHttpProtocol        head timeout, head size (431), connections per address
                                 (security.connections)
-  -> SecurityHeadersMiddleware  request id, security headers, audit of refused requests;
-                                400 for a repeated Authorization/Host/... header, 403 for a
-                                client certificate without the clientAuth EKU
+  -> SecurityHeadersMiddleware  request id, security headers; 429 for an address that spent
+                                its budget of refused requests (security.floods), before any
+                                check; 400 for a repeated Authorization/Host/... header, 403 for
+                                a client certificate without the clientAuth EKU; every 4xx
+                                counted and audited (aggregated per source, security.audit)
   [-> PeerGate                  federated: a peer's certificate checked against its own CA and
                                 the allow-list; peers take their own path (no token, own budget)]
   [-> BearerAuth                oauth: bearer JWT, 401/403 + WWW-Authenticate, RFC 9728 metadata]
@@ -38,6 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .lifecycle import Part
 from .observability import Metrics
 from .security.audit import AuditLog
+from .security.floods import RefusalBudget
 from .security.headers import SecurityHeadersMiddleware
 from .security.inflight import InFlightLimit
 from .security.jsonrpc import JsonRpcErrors, JsonRpcGate
@@ -115,4 +118,5 @@ def create_app(
     )
     for part in parts:
         app = part.wrap(app, inner)
-    return SecurityHeadersMiddleware(app, audit=audit, metrics=metrics)
+    budget = RefusalBudget(settings.address_refusals_per_minute)
+    return SecurityHeadersMiddleware(app, audit=audit, metrics=metrics, refusal_budget=budget)

@@ -45,6 +45,12 @@ class Metrics:
             ["status"],
             registry=self.registry,
         )
+        self.requests_refused = Counter(
+            "mcp_requests_refused",
+            "Requests refused with a 4xx status, by reason (each one, also when its audit line is aggregated).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.jsonrpc_refused = Counter(
             "mcp_jsonrpc_refused",
             "JSON-RPC messages and requests refused before a handler ran, by reason.",
@@ -68,6 +74,14 @@ class Metrics:
         # labels() costs more than the update itself: keep each child (labels are bounded).
         self._call_counters: dict[tuple[str, str, str], Counter] = {}
         self._call_timers: dict[str, Histogram] = {}
+        self._refusal_counters: dict[str, Counter] = {}
+
+    def record_refusal(self, reason: str) -> None:
+        """Count a refused request; ``reason`` is one of a fixed set this server names (or ``http_<status>``)."""
+        counter = self._refusal_counters.get(reason)
+        if counter is None:
+            counter = self._refusal_counters[reason] = self.requests_refused.labels(reason=reason)
+        counter.inc()
 
     def record_jsonrpc_refusal(self, reason: str) -> None:
         """Count a refused message; ``reason`` is one of a fixed set this server names."""

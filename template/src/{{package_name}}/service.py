@@ -29,7 +29,7 @@ from .app import create_app
 from .errors import ConfigError
 from .lifecycle import Part
 from .observability import Metrics, ops_app
-from .security.audit import AuditLog
+from .security.audit import AuditLog, RefusalSummaries
 from .security.connections import ConnectionBounds
 from .security.identity import TLSIdentityProtocol
 from .security.policy import CERTIFICATE, Policy
@@ -64,8 +64,9 @@ class Service:
 def assemble(settings: Settings, files: TLSFiles, build: Build) -> Service:
     tls = ReloadingTLS(files)
     policy = Policy.load(settings.policy_file)
-    metrics, audit = Metrics(), AuditLog()
-    server, parts = build(policy, audit)
+    metrics, audit = Metrics(), AuditLog(refusal_window_seconds=settings.audit_refusal_window_seconds)
+    server, built = build(policy, audit)
+    parts = [*built, RefusalSummaries(audit.refusals)]
     certificates = {CERTIFICATE} if files.verify_files else set()
     policy.check_callers(certificates.union(*(part.caller_names for part in parts)))
     app = create_app(settings, server, policy, audit, metrics, parts)

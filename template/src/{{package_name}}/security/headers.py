@@ -1,6 +1,11 @@
-"""The HTTP edge: a request id and security headers on every response, and an audit
-event for every request refused before it reached a tool (bad Host/Origin, oversize body,
-malformed JSON-RPC, rate limit).
+"""The HTTP edge: a request id and security headers on every response, a count
+(``mcp_requests_refused_total{reason}``) of every request refused with a 4xx status, and an
+audit event for every request refused before it reached a tool (bad Host/Origin, oversize
+body, malformed JSON-RPC, rate limit) that no inner layer audited itself.
+
+Before anything else it answers 429 to an address that has spent its budget of refused
+requests (``security.floods``), so a flood of forged tokens or malformed messages costs one
+lookup per request.
 
 It refuses first, with 400, a request that repeats a header whose meaning depends on which
 copy a reader takes (``Authorization``, ``Host``, ...): a proxy reading the last copy and this
@@ -10,6 +15,7 @@ marks it at the handshake)."""
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 
@@ -17,7 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..observability import Metrics
 from .audit import AuditLog
+from .floods import RefusalBudget
 from .identity import certificate_refusal, client_ip, principal_from_scope
+from .ratelimit import too_many_requests
 
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"strict-transport-security", b"max-age=63072000; includeSubDomains"),
@@ -41,15 +49,17 @@ SINGLE_HEADERS = frozenset(
         b"x-request-id",
     }
 )
+TOO_MANY_REFUSALS = "too_many_refusals"
 # A caller-chosen id is kept for correlation only when it cannot smuggle anything into logs.
 _SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
 
 class SecurityHeadersMiddleware:
-    def __init__(self, app: ASGIApp, *, audit: AuditLog, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, *, audit: AuditLog, metrics: Metrics, refusal_budget: RefusalBudget) -> None:
         self.app = app
         self.audit = audit
         self.metrics = metrics
+        self.budget = refusal_budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,22 +73,27 @@ class SecurityHeadersMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), *extra]
-                if message["status"] >= 400 and not state.get("audited"):
-                    principal = principal_from_scope(scope)
-                    self.audit.record(
-                        "request_rejected",
-                        status=message["status"],
-                        method=scope["method"],
-                        path=scope["path"],
-                        principal=principal.id if principal else None,
-                        client_ip=client_ip(scope),
-                        http_request_id=request_id,
-                        **({"reason": state["rejection"]} if state.get("rejection") else {}),
-                    )
-                if message["status"] >= 400:
-                    self.metrics.requests_rejected.labels(status=str(message["status"])).inc()
+                status = message["status"]
+                if status >= 400:
+                    self._refused(scope, state, status)
             await send(message)
 
+        wait = self.budget.retry_after(client_ip(scope))
+        if wait:
+            retry_after = max(1, math.ceil(wait))
+            self.audit.refused(
+                scope,
+                "rate_limited",
+                TOO_MANY_REFUSALS,
+                reason=TOO_MANY_REFUSALS,
+                principal=None,
+                client_ip=client_ip(scope),
+                http_request_id=request_id,
+                retry_after_seconds=retry_after,
+            )
+            text = f"Too many refused requests from this address; retry after {retry_after} s"
+            await too_many_requests(send_with_headers, retry_after, text)
+            return
         duplicated = _duplicated(scope)
         if duplicated is not None:
             state["rejection"] = f"duplicate_{duplicated.replace('-', '_')}"
@@ -90,6 +105,40 @@ class SecurityHeadersMiddleware:
             await _plain(send_with_headers, 403, "Forbidden: the client certificate is not for client authentication")
             return
         await self.app(scope, receive, send_with_headers)
+
+    def _refused(self, scope: Scope, state: dict[str, object], status: int) -> None:
+        """Count, audit unless an inner layer did, and charge the address's budget."""
+        self.metrics.requests_rejected.labels(status=str(status)).inc()
+        if status >= 500:  # our failure, not a refusal: a line each, as always
+            if not state.get("audited"):
+                self.audit.record("request_rejected", status=status, **_request_fields(scope, state))
+            return
+        rejection = state.get("rejection")
+        if not state.get("audited"):
+            self.audit.refused(
+                scope,
+                "request_rejected",
+                rejection if isinstance(rejection, str) else f"http_{status}",
+                status=status,
+                **_request_fields(scope, state),
+            )
+            rejection = state["rejection"]
+        self.metrics.record_refusal(rejection if isinstance(rejection, str) else f"http_{status}")
+        if rejection != TOO_MANY_REFUSALS:
+            self.budget.spend(client_ip(scope))
+
+
+def _request_fields(scope: Scope, state: dict[str, object]) -> dict[str, object]:
+    principal = principal_from_scope(scope)
+    rejection = state.get("rejection")
+    return {
+        "method": scope["method"],
+        "path": scope["path"],
+        "principal": principal.id if principal else None,
+        "client_ip": client_ip(scope),
+        "http_request_id": state.get("request_id"),
+        **({"reason": rejection} if rejection else {}),
+    }
 
 
 def _duplicated(scope: Scope) -> str | None:

@@ -239,8 +239,10 @@ class JsonRpcErrors:
         scope = request_scope(ctx.request)
         principal = principal_from_scope(scope)
         state = scope.setdefault("state", {})
-        self.audit.record(
+        self.audit.refused(
+            scope,
             "request_rejected",
+            "unknown_method",
             reason="unknown_method",
             method=ctx.method[:_METHOD_LIMIT],
             principal=principal.id if principal else None,

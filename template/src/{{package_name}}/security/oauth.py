@@ -393,6 +393,7 @@ class BearerAuth:
             nonlocal replaced
             if message["type"] == "http.response.start" and state.get("insufficient_scope"):
                 replaced = True
+                state["rejection"] = "insufficient_scope"  # counted by the edge; ToolGuard audited the denial
                 needed = state["insufficient_scope"]
                 await self._respond(send, 403, "insufficient_scope", "the tool needs another scope", needed)
                 # The rest of the JSON-RPC error is dropped below.
@@ -411,9 +412,10 @@ class BearerAuth:
         scopes: Iterable[str] | None = None,
     ) -> None:
         state = scope.setdefault("state", {})
-        state["audited"] = True
-        self.audit.record(
+        self.audit.refused(
+            scope,
             "auth_failed",
+            error or "missing_token",
             status=status,
             error=error or "missing_token",
             reason=description,

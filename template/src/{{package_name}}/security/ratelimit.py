@@ -93,31 +93,30 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         retry_after = max(1, math.ceil(wait))
-        state = scope.setdefault("state", {})
-        state["audited"] = True
-        self.audit.record(
+        self.audit.refused(
+            scope,
+            "rate_limited",
             "rate_limited",
             principal=key,
             client_ip=client_ip(scope),
-            http_request_id=state.get("request_id"),
+            http_request_id=scope.get("state", {}).get("request_id"),
             retry_after_seconds=retry_after,
         )
-        body = json.dumps(
-            {
-                "jsonrpc": "2.0",
-                "id": None,
-                "error": {"code": -32000, "message": f"Rate limit exceeded; retry after {retry_after} s"},
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 429,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(retry_after).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await too_many_requests(send, retry_after, f"Rate limit exceeded; retry after {retry_after} s")
+
+
+async def too_many_requests(send: Send, retry_after: int, message: str) -> None:
+    """429 with ``Retry-After`` and a JSON-RPC error (the request's id is not read: it may be unparsed)."""
+    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": message}}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 429,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(retry_after).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

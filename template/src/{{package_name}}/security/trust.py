@@ -166,9 +166,10 @@ class PeerGate:
             state["principal"] = certificate_principal(scope)
             await self.peers(scope, receive, send)
             return
-        state["audited"] = True
         principal = certificate_principal(scope)
-        self.audit.record(
+        self.audit.refused(
+            scope,
+            "peer_refused",
             "peer_refused",
             principal=principal.id if principal else None,
             certificate_sha256=principal.certificate_thumbprint if principal else None,
