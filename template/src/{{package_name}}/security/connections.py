@@ -12,8 +12,9 @@ as it likes. ``BoundedHttpProtocol`` extends uvicorn's httptools protocol with:
 - a per-address cap: beyond ``max_per_address`` open connections from one peer address,
   a new one is closed as soon as it is made.
 
-Each refusal is counted (``mcp_connections_refused_total``) and audited, as are the 400s
-that uvicorn sends for unparseable HTTP. The TLS handshake itself is bounded in
+Each refusal is counted (``mcp_connections_refused_total``) and audited (aggregated per
+address and reason, ``security.audit.RefusalAudit``), as are the 400s that uvicorn sends for
+unparseable HTTP. The TLS handshake itself is bounded in
 ``service.BoundedServer``.
 """
 
@@ -57,7 +58,8 @@ class ConnectionBounds:
 
     def refused(self, reason: str, client_ip: str | None) -> None:
         self.metrics.record_connection_refusal(reason)
-        self.audit.record("connection_refused", reason=reason, client_ip=client_ip)
+        # Aggregated per address and reason, as the HTTP refusals are: a flood writes few lines.
+        self.audit.refusals.record("connection_refused", reason, {"reason": reason, "client_ip": client_ip})
 
 
 class BoundedHttpProtocol(HttpToolsProtocol):
