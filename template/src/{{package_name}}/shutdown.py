@@ -34,15 +34,18 @@ class Shutdown:
         return True
 
     def wrap(self, app: ASGIApp) -> ASGIApp:
-        """``app`` with ``Connection: close`` on every answer started while draining."""
+        """``app`` with ``Connection: close`` on the answer to every request that arrives while draining."""
 
         async def closing_connections(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http":
+            # Decided when the request arrives, so that serving costs nothing extra: an answer to
+            # a request that arrived just before the drain began is sent without the header, and
+            # its client's next request (within the drain) gets it.
+            if scope["type"] != "http" or not self.draining:
                 await app(scope, receive, send)
                 return
 
             async def send_closing(message: Message) -> None:
-                if message["type"] == "http.response.start" and self.draining:
+                if message["type"] == "http.response.start":
                     kept = [(key, value) for key, value in message.get("headers", []) if key.lower() != b"connection"]
                     message = {**message, "headers": [*kept, (b"connection", b"close")]}
                 await send(message)
