@@ -31,6 +31,7 @@ WRITE_SCOPES = {
     ("ci.yml", "publish"): {"id-token", "attestations", "packages"},  # keyless signing, provenance, push
     ("codeql.yml", "analyze"): {"security-events"},  # upload code scanning results
     ("scorecard.yml", "analysis"): {"security-events", "id-token"},  # upload SARIF, publish results
+    ("template-update.yml", "update"): {"contents", "pull-requests"},  # push the branch, open its PR
 }
 # Gate (issue #5 numbering) -> what the pipeline must run for it, on each provider.
 GATES = {
@@ -267,7 +268,7 @@ def test_gitlab_pipeline_structure(project: tuple[Path, str]) -> None:
     path, _ = project
     pipeline = load(path / ".gitlab-ci.yml")
     stages = pipeline["stages"]
-    assert stages == ["lint", "test", "sast", "secrets", "dependencies", "iac", "image", "smoke"]
+    assert stages == ["lint", "test", "sast", "secrets", "dependencies", "iac", "image", "smoke", "update"]
     jobs = {name: job for name, job in pipeline.items() if isinstance(job, dict) and "script" in job}
     gates = {"lint", "test", "sast", "secrets", "secrets-history", "dependencies", "iac"}
     assert gates | {"image-build", "image-scan", "image-publish", "smoke"} <= set(jobs)
@@ -279,7 +280,13 @@ def test_gitlab_pipeline_structure(project: tuple[Path, str]) -> None:
     rules = [rule["if"] for rule in pipeline["workflow"]["rules"]]
     assert any("merge_request_event" in rule for rule in rules)
     assert any("$CI_DEFAULT_BRANCH" in rule for rule in rules)
-    publish = [rule["if"] for rule in jobs["image-publish"]["rules"]]
+    # The template update runs alone in its pipeline: every other job skips it.
+    skip_update = {"if": '$TEMPLATE_UPDATE == "true"', "when": "never"}
+    for name, job in jobs.items():
+        rules = job.get("rules") or pipeline[job["extends"]]["rules"]
+        assert (rules[0] == skip_update) != (name == "template-update"), name
+    assert jobs["template-update"]["rules"] == [{"if": '$TEMPLATE_UPDATE == "true"'}]
+    publish = [rule["if"] for rule in jobs["image-publish"]["rules"] if rule != skip_update]
     assert publish and all("CI_COMMIT_REF_PROTECTED" in rule for rule in publish)
     assert all("$CI_DEFAULT_BRANCH" in rule or "CI_COMMIT_TAG" in rule for rule in publish)
     assert "merge_request_event" not in json.dumps(jobs["image-publish"])

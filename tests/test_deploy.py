@@ -151,6 +151,17 @@ def hardened_container(deployment: dict[str, Any]) -> dict[str, Any]:
     return container
 
 
+def assert_stops_within_its_grace(deployment: dict[str, Any], container: dict[str, Any]) -> None:
+    """The kubelet kills the pod after terminationGracePeriodSeconds, counted from the preStop
+    hook: the hook's sleep, the server's drain and its grace for requests in flight must fit."""
+    pod = deployment["spec"]["template"]["spec"]
+    env = {item["name"].removeprefix(PREFIX): item.get("value") for item in container["env"]}
+    sleep = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    needed = sleep + float(env["SHUTDOWN_DRAIN_SECONDS"]) + float(env["SHUTDOWN_GRACE_SECONDS"])
+    assert sleep > 0, "the pod must leave the endpoints before the server stops listening"
+    assert pod["terminationGracePeriodSeconds"] > needed
+
+
 def test_the_workload_is_hardened_as_documented(project: tuple[Path, dict[str, Any], str]) -> None:
     path, answers, _ = project
     everything = built(path, answers["cloud"])
@@ -190,6 +201,7 @@ def test_the_workload_is_hardened_as_documented(project: tuple[Path, dict[str, A
     assert not any(kind == "SecretProviderClass" for kind, _ in objects)
     pod = objects[("Deployment", slug)]["spec"]["template"]["spec"]
     assert all("csi" not in volume for volume in pod["volumes"])
+    assert_stops_within_its_grace(objects[("Deployment", slug)], container)
     certificate = objects[("Certificate", f"{slug}-tls")]["spec"]
     # A federated project's first peer has its own trust domain (check_federation).
     trust_domain = (

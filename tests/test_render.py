@@ -147,7 +147,6 @@ ARCHITECTURE_FILES = {
 RELAY_FILES = {
     "src/payments_risk_gateway/upstream.py",
     "src/payments_risk_gateway/settings/relay.py",
-    "scripts/dev_servers.py",
 }
 # The standalone topology's own module.
 STANDALONE_FILES = {"src/payments_risk_gateway/standalone.py"}
