@@ -58,8 +58,12 @@ equivalence: $(STAMP) ## render 12 answer combinations at BASE and in the workin
 	$(BIN)/python tests/support/render_matrix.py render HEAD .cache/equivalence/work
 	$(BIN)/python tests/support/render_matrix.py compare .cache/equivalence/base .cache/equivalence/work $(foreach glob,$(ALLOW),--allow '$(glob)')
 
-release: $(STAMP) ## tag vVERSION once CHANGELOG.md describes it (make release VERSION=1.2.0)
+# What CI does on main, for a maintainer: HEAD must be the commit that dated the version's
+# CHANGELOG.md section, the whole suite must pass on it, then the annotated tag.
+release: $(STAMP) ## on the commit that dated VERSION's CHANGELOG section: make test, then tag vVERSION
 	@test -n "$(VERSION)" || { echo "make release needs VERSION=X.Y.Z"; exit 2; }
+	$(BIN)/python tools/release.py check $(VERSION)
+	$(MAKE) test
 	$(BIN)/python tools/release.py tag $(VERSION)
 
 clean: demo-stop ## remove the venv, caches and the demo project

@@ -455,4 +455,26 @@ def test_the_templates_own_workflow_is_pinned_least_privilege_and_lint_clean(def
     assert workflow["permissions"] == {}
     assert workflow["jobs"]["test"]["permissions"] == {"contents": "read"}
     assert "bash .ci/run" in text
-    assert 'tools/release.py notes "${TAG#v}"' in text
+
+
+def test_the_template_is_tagged_only_after_its_tests_passed_on_that_commit() -> None:
+    """No tag, no release on red: the release job needs the test job, runs on pushes to main only,
+    tags the commit that was tested, and no tag push starts a release of its own."""
+    workflow = load(ROOT / ".github" / "workflows" / "ci.yml")
+    triggers = workflow[True]  # YAML 1.1 reads the key `on` as true
+    assert "tags" not in triggers["push"], "a pushed tag would publish before the tests ran"
+    assert triggers["push"]["branches"] == ["main"]
+    jobs = workflow["jobs"]
+    assert [step["run"] for step in jobs["test"]["steps"] if "run" in step] == ["bash .ci/run"]
+    release_job = jobs["release"]
+    assert release_job["needs"] == "test"
+    assert release_job["if"] == "github.event_name == 'push' && github.ref == 'refs/heads/main'"
+    writers = [name for name, job in jobs.items() if job.get("permissions", {}).get("contents") == "write"]
+    assert writers == ["release"], "only the release job may create a tag"
+    steps = [step.get("run", "") for step in release_job["steps"]]
+    decide = next(index for index, run in enumerate(steps) if "tools/release.py pending" in run)
+    publish = next(index for index, run in enumerate(steps) if "git/tags" in run)
+    assert decide < publish
+    assert release_job["steps"][publish]["if"] == "steps.pending.outputs.version != ''"
+    assert 'object="$GITHUB_SHA"' in steps[publish], "the tag names the commit the tests ran on"
+    assert steps[publish].index("git/refs") < steps[publish].index("gh release create")
