@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP) demo-stop ## generate a project with default answers into demo-out/ and start its server
-	$(BIN)/copier copy --trust --defaults --overwrite --vcs-ref=HEAD . $(DEMO_DIR)
+	$(BIN)/copier copy --defaults --overwrite --vcs-ref=HEAD . $(DEMO_DIR)
 	cd $(DEMO_DIR) && $(UV) sync --quiet && .venv/bin/python scripts/dev_pki.py
 	cd $(DEMO_DIR) && package=$$(sed -n 's/^package_name: //p' .copier-answers.yml) && \
 		nohup .venv/bin/python -m $$package > .demo-server.log 2>&1 & echo $$! > $(DEMO_DIR)/.demo-server.pid
@@ -47,7 +47,7 @@ test: $(STAMP) ## the template's whole test suite (its own lint, renders, genera
 
 bench: $(STAMP) ## render a project per auth mode and run its benchmark (bare SDK vs secure stack)
 	for mode in $(AUTH_MODES); do \
-		$(BIN)/copier copy --trust --defaults --overwrite --vcs-ref=HEAD --quiet -d auth_mode=$$mode . .cache/bench-$$mode && \
+		$(BIN)/copier copy --defaults --overwrite --vcs-ref=HEAD --quiet -d auth_mode=$$mode . .cache/bench-$$mode && \
 		$(MAKE) -C .cache/bench-$$mode bench UV=$(UV) || exit 1; done
 
 # The ref a refactor is compared with; paths expected to change go in ALLOW (space-separated globs).
