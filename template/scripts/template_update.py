@@ -47,6 +47,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from check_conflicts import findings
 
@@ -63,6 +64,9 @@ RELEASE_HEADING = re.compile(r"\[?v?(\d+\.\d+\.\d+)\]?")
 PREFIX = "<PREFIX>"
 # The trailers that mark the script's own commits: the release, and the tree it committed.
 RELEASE_TRAILER, TREE_TRAILER = "Template-Update", "Template-Update-Tree"
+# The deferred push, as --defer-push records it. --push-deferred runs the copy of this script on
+# the update branch, which may be a newer release's: later releases read this format too.
+PLAN_FORMAT = 1
 TREE_LINE = re.compile(rf"^{TREE_TRAILER}: ([0-9a-f]{{40,64}})$", re.MULTILINE)
 
 
@@ -272,6 +276,7 @@ def update(args: argparse.Namespace) -> dict[str, str]:
     if here == args.branch or here.startswith(f"{args.branch}-v"):
         raise UpdateError(f"you are on {here}: run the update from the branch it is for (e.g. main)")
     base = run("git", "rev-parse", "HEAD").strip()
+    plan_file().unlink(missing_ok=True)  # a push deferred by an earlier run is not this one's
     source, current = recorded("_src_path"), recorded("_commit")
     prefix = recorded("package_name").upper() + "_"
     available = releases(source)
@@ -336,6 +341,7 @@ def update(args: argparse.Namespace) -> dict[str, str]:
     args.body.write_text(body(current or "an unreleased version", target, notes, conflicts, note), encoding="utf-8")
     if args.push:
         planned = {"remote": args.push, "branch": branch.name, "commit": head, "seen": branch.seen, "force": force}
+        planned |= {"format": PLAN_FORMAT}
         if args.defer_push:
             plan_file().write_text(json.dumps(planned), encoding="utf-8")
         else:
@@ -347,7 +353,7 @@ def plan_file() -> Path:
     return Path(run("git", "rev-parse", "--git-dir").strip()) / "template-update.push"
 
 
-def push(planned: dict[str, str | bool | None]) -> str:
+def push(planned: dict[str, Any]) -> str:
     """Push the update's head: forced only with a lease on the head seen at the fetch (the
     branch held nothing but the script's commits), a plain push on top of the team's commits.
     Either is refused when someone pushed to the branch since the fetch."""
@@ -376,7 +382,10 @@ def push_deferred() -> str:
     path = plan_file()
     if not path.is_file():
         raise UpdateError(f"no push was deferred ({path} is missing): run the update with --defer-push first")
-    pushed = push(json.loads(path.read_text(encoding="utf-8")))
+    planned = json.loads(path.read_text(encoding="utf-8"))
+    if planned.get("format") != PLAN_FORMAT:
+        raise UpdateError(f"{path} was written by another version of this script: run the update again")
+    pushed = push(planned)
     path.unlink()
     return pushed
 
