@@ -312,6 +312,29 @@ def test_a_branch_of_only_the_updates_own_commits_is_made_again(template3: Path,
     assert "_commit: v1.0.2" in git(remote, "show", "template-update:.copier-answers.yml")
 
 
+def test_a_branch_merged_by_squash_is_made_again_not_added_to(template3: Path, tmp_path: Path) -> None:
+    """The team resolved on the branch and squash-merged it: its commits are not in main by
+    ancestry, but merging the branch would change nothing, so the next release starts afresh."""
+    project, remote = project_at_v100(template3, tmp_path)
+    our_cache_policy(project)
+    git(project, "push", "--quiet", "origin", "main")
+    outputs(update(project, "--to", "v1.0.1", "--push", "origin"))
+    team = clone(remote, tmp_path / "team", "template-update")
+    resolve(team / HEADERS)
+    commit_all(team, "keep our cache policy and the new header")
+    git(team, "push", "--quiet", "origin", "template-update")
+    git(team, "checkout", "--quiet", "main")
+    git(team, "merge", "--quiet", "--squash", "origin/template-update")
+    commit_all(team, "Update template to v1.0.1 (#12)")
+    git(team, "push", "--quiet", "origin", "main")
+
+    ci = clone(remote, tmp_path / "ci")
+    result = outputs(update(ci, "--push", "origin"))
+    assert result == {"version": "v1.0.2", "previous": "v1.0.1", "conflicts": "0", "branch": "template-update"}
+    assert head(remote, "template-update~1") == head(remote, "main")
+    assert "on top of" not in body_of(ci)
+
+
 def test_a_push_that_lands_during_the_update_is_never_overwritten(template3: Path, tmp_path: Path) -> None:
     project, remote = project_at_v100(template3, tmp_path)
     outputs(update(project, "--to", "v1.0.1", "--push", "origin"))
