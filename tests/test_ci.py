@@ -324,11 +324,20 @@ def branch_moved_by_hand(shell: str) -> list[str]:
     return [pattern for pattern in BRANCH_BY_HAND if re.search(pattern, shell)]
 
 
+def files_in_the_tree(shell: str) -> set[str]:
+    """Files the shell writes (``>``, ``>>``, ``tee``) in the working tree, not under .git/."""
+    written = {target.strip('"') for target in re.findall(r"(?:>>?|\btee(?: -a)?)\s+(\S+)", shell)}
+    return {target for target in written if not target.startswith((".git/", "$GITHUB_OUTPUT", "$body"))}
+
+
 def test_the_update_job_leaves_the_branch_and_the_request_to_the_script(project: tuple[Path, str]) -> None:
     path, provider = project
     shell = update_job_shell(path, provider)
     assert branch_moved_by_hand(shell) == []
     assert "--push-deferred" in shell
+    # The update needs a clean working tree: the job writes its files under .git/ only.
+    assert files_in_the_tree(shell) == set()
+    assert files_in_the_tree("make -s template-update | tee update.env") == {"update.env"}
     if provider == "github":
         # The update decides on the branches the full checkout fetched; the token-holding last
         # step pushes; the pull request is the branch the script printed.
@@ -339,7 +348,7 @@ def test_the_update_job_leaves_the_branch_and_the_request_to_the_script(project:
         assert steps[-1]["env"]["BRANCH"] == "${{ steps.update.outputs.branch }}"
         assert '--head "$BRANCH"' in shell
     else:
-        assert 'UPDATE_FLAGS="--push origin --defer-push" > update.env' in shell
+        assert 'UPDATE_FLAGS="--push origin --defer-push" > .git/template-update.env' in shell
         commands = load(path / ".gitlab-ci.yml")["template-update"]["script"]
         with_token = [command for command in commands if "TEMPLATE_UPDATE_TOKEN" in command]
         assert with_token and all("--push-deferred" in command for command in with_token), "only the push has it"

@@ -320,7 +320,8 @@ def update(args: argparse.Namespace) -> dict[str, str]:
             head = commit(target, conflicts)
             kept = (
                 f"This update ({start} → {target.tag}) was added on top of {plural(branch.theirs)} on "
-                f"`{branch.name}`, which are kept: it ran from {start}, the release that branch records."
+                f"`{branch.name}`; nothing of yours was changed or dropped. It ran from {start}, the release "
+                "that branch records."
             )
         note = f"{note}\n\n{kept}".strip()
         force = False
