@@ -299,6 +299,69 @@ def test_gitlab_pipeline_structure(project: tuple[Path, str]) -> None:
     assert jobs["secrets-history"]["variables"]["GIT_DEPTH"] == "0"
 
 
+def update_job_shell(project: Path, provider: str) -> str:
+    """The shell the scheduled template-update job runs, on either provider."""
+    if provider == "github":
+        steps = load(project / ".github" / "workflows" / "template-update.yml")["jobs"]["update"]["steps"]
+        return "\n".join(step.get("run", "") for step in steps)
+    return "\n".join(load(project / ".gitlab-ci.yml")["template-update"]["script"])
+
+
+# Ways a job could move the update branch itself: scripts/template_update.py alone moves it (it
+# adds to the team's commits there and pushes with a lease), and names the branch the request uses.
+BRANCH_BY_HAND = [
+    r"git push",
+    r"--force",
+    r"\bpush -f\b",
+    r"git reset",
+    r"(checkout -B|switch -C|branch -f)\s+\S*template-update",
+    r"--head template-update\b",
+    r"merge_request\.py(?!.*\$\{branch\})",
+]
+
+
+def branch_moved_by_hand(shell: str) -> list[str]:
+    return [pattern for pattern in BRANCH_BY_HAND if re.search(pattern, shell)]
+
+
+def files_in_the_tree(shell: str) -> set[str]:
+    """Files the shell writes (``>``, ``>>``, ``tee``) in the working tree, not under .git/."""
+    written = {target.strip('"') for target in re.findall(r"(?:>>?|\btee(?: -a)?)\s+(\S+)", shell)}
+    return {target for target in written if not target.startswith((".git/", "$GITHUB_OUTPUT", "$body"))}
+
+
+def test_the_update_job_leaves_the_branch_and_the_request_to_the_script(project: tuple[Path, str]) -> None:
+    path, provider = project
+    shell = update_job_shell(path, provider)
+    assert branch_moved_by_hand(shell) == []
+    assert "--push-deferred" in shell
+    # The update needs a clean working tree: the job writes its files under .git/ only.
+    assert files_in_the_tree(shell) == set()
+    assert files_in_the_tree("make -s template-update | tee update.env") == {"update.env"}
+    if provider == "github":
+        # The update decides on the branches the full checkout fetched; the token-holding last
+        # step pushes; the pull request is the branch the script printed.
+        steps = load(path / ".github" / "workflows" / "template-update.yml")["jobs"]["update"]["steps"]
+        assert steps[0]["with"]["fetch-depth"] == 0
+        assert 'UPDATE_FLAGS="--push origin --no-fetch --defer-push"' in shell
+        assert "set -o pipefail" in shell, "a failed update is not hidden by tee"
+        assert steps[-1]["env"]["BRANCH"] == "${{ steps.update.outputs.branch }}"
+        assert '--head "$BRANCH"' in shell
+    else:
+        assert 'UPDATE_FLAGS="--push origin --defer-push" > .git/template-update.env' in shell
+        commands = load(path / ".gitlab-ci.yml")["template-update"]["script"]
+        with_token = [command for command in commands if "TEMPLATE_UPDATE_TOKEN" in command]
+        assert with_token and all("--push-deferred" in command for command in with_token), "only the push has it"
+    # The checks catch a job that pushes, forces or resets the branch on its own.
+    for planted in (
+        "git push --force origin template-update",
+        "git checkout -B template-update",
+        'gh pr create --head template-update --title "$title"',
+        'python3 scripts/merge_request.py "$title" body.md 0',
+    ):
+        assert branch_moved_by_hand(planted), planted
+
+
 def test_ci_uses_the_uv_the_template_pins(project: tuple[Path, str]) -> None:
     path, provider = project
     template_uv = next(
