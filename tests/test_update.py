@@ -36,6 +36,10 @@ def template_repo(destination: Path) -> Path:
 
 
 def commit_all(directory: Path, message: str) -> None:
+    """Commit everything; a project copier just wrote becomes a repository first (`git init -b
+    main`, the user's step: the template runs no task)."""
+    if not (directory / ".git").exists():
+        git(directory, "init", "--quiet", "--initial-branch=main")
     git(directory, "add", "-A")
     git(directory, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet", "-m", message)
 
