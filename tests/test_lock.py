@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import UV
 from copier import run_copy, run_update
-from test_update import commit_all, git, template_repo
+from test_update import commit_all, template_repo
 
 
 def make(project: Path, target: str) -> subprocess.CompletedProcess[str]:
