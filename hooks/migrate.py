@@ -23,9 +23,10 @@ Operations, any number, run in order in the project directory:
       merged into NEW, 3-way, as ``copier update`` merges any file; where both changed the same
       lines NEW gets Copier's conflict markers (``before updating`` / ``after updating``).
       The move is recorded in git's index (OLD removed; NEW added when it merged cleanly).
-    - OLD still exists and NEW does not (a file the old release did not write, or a project
+    - OLD still exists and NEW does not (a team's own file in a moved folder, or a project
       that never went through the update): OLD is moved to NEW (``git mv`` when tracked).
-    - Both exist: both are left alone, and the line says so.
+    - Both exist, or the project had a NEW of its own before the update (then OLD is restored
+      from git's index): both are left as they are, and the line says so.
     - Neither (already moved, or never part of this project): nothing happens.
 
 Every operation is idempotent: once it has run, OLD is gone from the working tree and the
@@ -138,6 +139,9 @@ def merge(ours: bytes, base: bytes, theirs: bytes) -> tuple[bytes, int]:
 def move_file(old: str, new: str, release: OldRelease) -> str:
     """Carry one file from OLD to NEW; returns what happened."""
     old_path, new_path = Path(old), Path(new)
+    if not old_path.exists() and indexed(old) is not None and indexed(new) is not None:
+        # The update removed OLD, but the project had a NEW of its own already: both stay.
+        git("checkout", "--", old)
     if old_path.exists():
         if new_path.exists():
             return f"both exist; left both as they are: merge {old} into {new} yourself, then delete {old}"

@@ -221,6 +221,21 @@ def update_moves(project: Path, old: str, new: str, release: str) -> None:
     (project / new).write_text(release)
 
 
+def test_move_keeps_the_teams_file_when_the_project_had_the_new_path_already(small: Path) -> None:
+    (small / "c.md").write_text("# C\n\nalpha (ours)\n")
+    (small / "docs").mkdir()
+    (small / "docs" / "c.md").write_text("our own docs/c.md\n")
+    commit_all(small, "our files")
+    update_moves(small, "c.md", "docs/c.md", "what the update made of docs/c.md\n")
+    before = state(small)
+    for _ in range(2):
+        both = migrate_by_hand(small, "move", "c.md", "docs/c.md")
+        assert "both exist; left both as they are" in both.stdout, both.stderr
+        assert (small / "c.md").read_text() == "# C\n\nalpha (ours)\n", "the team's old file is back"
+        assert (small / "docs" / "c.md").read_text() == "what the update made of docs/c.md\n"
+    assert state(small)[0] == {**before[0], "c.md": b"# C\n\nalpha (ours)\n"}
+
+
 def test_move_merges_the_teams_changes_into_the_releases_file(small: Path) -> None:
     (small / "c.md").write_text("# C\n\nalpha\nbeta\ngamma\ndelta (ours)\n")
     commit_all(small, "our line")
