@@ -55,8 +55,8 @@ class MigrationError(Exception):
     """The migration cannot go on; the message says why and what to do."""
 
 
-def git(*args: str, check: bool = True, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    result = subprocess.run(["git", *args], input=stdin, capture_output=True, check=False)
+def git(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    result = subprocess.run(["git", *args], capture_output=True, check=False)
     if check and result.returncode != 0:
         raise MigrationError(f"git {' '.join(args)}: {result.stderr.decode(errors='replace').strip()}")
     return result
