@@ -476,6 +476,8 @@ def test_pre_commit_and_gate_targets_pass_on_a_fresh_render(project: tuple[Path,
     def pre_commit() -> subprocess.CompletedProcess[str]:
         return run(UV, "run", "--frozen", "pre-commit", "run", "--all-files")
 
+    # The README's first steps: a repository, then the lock (make install would also sync).
+    git(path, "init", "--quiet", "--initial-branch=main")
     subprocess.run([UV, "lock", "--quiet"], cwd=path, env=env, check=True, timeout=600)
     git(path, "add", "-A")
     result = pre_commit()
