@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP) demo-stop ## generate a project with default answers into demo-out/ and start its server
-	$(BIN)/copier copy --trust --defaults --overwrite --vcs-ref=HEAD . $(DEMO_DIR)
+	$(BIN)/copier copy --defaults --overwrite --vcs-ref=HEAD . $(DEMO_DIR)
 	cd $(DEMO_DIR) && $(UV) sync --quiet && .venv/bin/python scripts/dev_pki.py
 	cd $(DEMO_DIR) && package=$$(sed -n 's/^package_name: //p' .copier-answers.yml) && \
 		nohup .venv/bin/python -m $$package > .demo-server.log 2>&1 & echo $$! > $(DEMO_DIR)/.demo-server.pid
@@ -49,7 +49,7 @@ test: $(STAMP) ## the template's whole test suite (its own lint, renders, genera
 
 bench: $(STAMP) ## render a project per auth mode and run its benchmark (bare SDK vs secure stack)
 	for mode in $(AUTH_MODES); do \
-		$(BIN)/copier copy --trust --defaults --overwrite --vcs-ref=HEAD --quiet -d auth_mode=$$mode . .cache/bench-$$mode && \
+		$(BIN)/copier copy --defaults --overwrite --vcs-ref=HEAD --quiet -d auth_mode=$$mode . .cache/bench-$$mode && \
 		$(MAKE) -C .cache/bench-$$mode bench UV=$(UV) || exit 1; done
 
 # The ref a refactor is compared with; paths expected to change go in ALLOW (space-separated globs).
@@ -60,8 +60,12 @@ equivalence: $(STAMP) ## render 12 answer combinations at BASE and in the workin
 	$(BIN)/python tests/support/render_matrix.py render HEAD .cache/equivalence/work
 	$(BIN)/python tests/support/render_matrix.py compare .cache/equivalence/base .cache/equivalence/work $(foreach glob,$(ALLOW),--allow '$(glob)')
 
-release: $(STAMP) ## tag vVERSION once CHANGELOG.md describes it (make release VERSION=1.2.0)
+# What CI does on main, for a maintainer: HEAD must be the commit that dated the version's
+# CHANGELOG.md section, the whole suite must pass on it, then the annotated tag.
+release: $(STAMP) ## on the commit that dated VERSION's CHANGELOG section: make test, then tag vVERSION
 	@test -n "$(VERSION)" || { echo "make release needs VERSION=X.Y.Z"; exit 2; }
+	$(BIN)/python tools/release.py check $(VERSION)
+	$(MAKE) test
 	$(BIN)/python tools/release.py tag $(VERSION)
 
 clean: demo-stop ## remove the venv, caches and the demo project

@@ -318,6 +318,69 @@ def test_gitlab_pipeline_structure(project: tuple[Path, str]) -> None:
     assert jobs["secrets-history"]["variables"]["GIT_DEPTH"] == "0"
 
 
+def update_job_shell(project: Path, provider: str) -> str:
+    """The shell the scheduled template-update job runs, on either provider."""
+    if provider == "github":
+        steps = load(project / ".github" / "workflows" / "template-update.yml")["jobs"]["update"]["steps"]
+        return "\n".join(step.get("run", "") for step in steps)
+    return "\n".join(load(project / ".gitlab-ci.yml")["template-update"]["script"])
+
+
+# Ways a job could move the update branch itself: scripts/template_update.py alone moves it (it
+# adds to the team's commits there and pushes with a lease), and names the branch the request uses.
+BRANCH_BY_HAND = [
+    r"git push",
+    r"--force",
+    r"\bpush -f\b",
+    r"git reset",
+    r"(checkout -B|switch -C|branch -f)\s+\S*template-update",
+    r"--head template-update\b",
+    r"merge_request\.py(?!.*\$\{branch\})",
+]
+
+
+def branch_moved_by_hand(shell: str) -> list[str]:
+    return [pattern for pattern in BRANCH_BY_HAND if re.search(pattern, shell)]
+
+
+def files_in_the_tree(shell: str) -> set[str]:
+    """Files the shell writes (``>``, ``>>``, ``tee``) in the working tree, not under .git/."""
+    written = {target.strip('"') for target in re.findall(r"(?:>>?|\btee(?: -a)?)\s+(\S+)", shell)}
+    return {target for target in written if not target.startswith((".git/", "$GITHUB_OUTPUT", "$body"))}
+
+
+def test_the_update_job_leaves_the_branch_and_the_request_to_the_script(project: tuple[Path, str]) -> None:
+    path, provider = project
+    shell = update_job_shell(path, provider)
+    assert branch_moved_by_hand(shell) == []
+    assert "--push-deferred" in shell
+    # The update needs a clean working tree: the job writes its files under .git/ only.
+    assert files_in_the_tree(shell) == set()
+    assert files_in_the_tree("make -s template-update | tee update.env") == {"update.env"}
+    if provider == "github":
+        # The update decides on the branches the full checkout fetched; the token-holding last
+        # step pushes; the pull request is the branch the script printed.
+        steps = load(path / ".github" / "workflows" / "template-update.yml")["jobs"]["update"]["steps"]
+        assert steps[0]["with"]["fetch-depth"] == 0
+        assert 'UPDATE_FLAGS="--push origin --no-fetch --defer-push"' in shell
+        assert "set -o pipefail" in shell, "a failed update is not hidden by tee"
+        assert steps[-1]["env"]["BRANCH"] == "${{ steps.update.outputs.branch }}"
+        assert '--head "$BRANCH"' in shell
+    else:
+        assert 'UPDATE_FLAGS="--push origin --defer-push" > .git/template-update.env' in shell
+        commands = load(path / ".gitlab-ci.yml")["template-update"]["script"]
+        with_token = [command for command in commands if "TEMPLATE_UPDATE_TOKEN" in command]
+        assert with_token and all("--push-deferred" in command for command in with_token), "only the push has it"
+    # The checks catch a job that pushes, forces or resets the branch on its own.
+    for planted in (
+        "git push --force origin template-update",
+        "git checkout -B template-update",
+        'gh pr create --head template-update --title "$title"',
+        'python3 scripts/merge_request.py "$title" body.md 0',
+    ):
+        assert branch_moved_by_hand(planted), planted
+
+
 def test_ci_uses_the_uv_the_template_pins(project: tuple[Path, str]) -> None:
     path, provider = project
     template_uv = next(
@@ -474,4 +537,26 @@ def test_the_templates_own_workflow_is_pinned_least_privilege_and_lint_clean(def
     assert workflow["permissions"] == {}
     assert workflow["jobs"]["test"]["permissions"] == {"contents": "read"}
     assert "bash .ci/run" in text
-    assert 'tools/release.py notes "${TAG#v}"' in text
+
+
+def test_the_template_is_tagged_only_after_its_tests_passed_on_that_commit() -> None:
+    """No tag, no release on red: the release job needs the test job, runs on pushes to main only,
+    tags the commit that was tested, and no tag push starts a release of its own."""
+    workflow = load(ROOT / ".github" / "workflows" / "ci.yml")
+    triggers = workflow[True]  # YAML 1.1 reads the key `on` as true
+    assert "tags" not in triggers["push"], "a pushed tag would publish before the tests ran"
+    assert triggers["push"]["branches"] == ["main"]
+    jobs = workflow["jobs"]
+    assert [step["run"] for step in jobs["test"]["steps"] if "run" in step] == ["bash .ci/run"]
+    release_job = jobs["release"]
+    assert release_job["needs"] == "test"
+    assert release_job["if"] == "github.event_name == 'push' && github.ref == 'refs/heads/main'"
+    writers = [name for name, job in jobs.items() if job.get("permissions", {}).get("contents") == "write"]
+    assert writers == ["release"], "only the release job may create a tag"
+    steps = [step.get("run", "") for step in release_job["steps"]]
+    decide = next(index for index, run in enumerate(steps) if "tools/release.py pending" in run)
+    publish = next(index for index, run in enumerate(steps) if "git/tags" in run)
+    assert decide < publish
+    assert release_job["steps"][publish]["if"] == "steps.pending.outputs.version != ''"
+    assert 'object="$GITHUB_SHA"' in steps[publish], "the tag names the commit the tests ran on"
+    assert steps[publish].index("git/refs") < steps[publish].index("gh release create")

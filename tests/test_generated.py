@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CUSTOM, combo_id, covering, project_venv, render, run_in
+from conftest import CUSTOM, UV, combo_id, covering, project_venv, render, run_in
 
 # The default answers, then every combination of the answers that change the server's code,
 # auth mode and architecture (the others, python_version included, take each of their choices
 # in turn), with non-default names and values.
-# The first combination (standalone, mtls: what `make demo` generates) keeps every default.
+# The first combination (standalone, mtls: what `make demo` generates) keeps every default, and
+# is copied without --trust and locked with `make lock`, as the docs tell a cautious user.
 COMBINATIONS = covering("auth_mode", "architecture")
 PROJECTS = [pytest.param({}, id="defaults", marks=pytest.mark.xdist_group("defaults"))] + [
     pytest.param({**CUSTOM, **answers}, id=combo_id(answers), marks=pytest.mark.xdist_group(combo_id(answers)))
@@ -25,10 +27,29 @@ assert {key: value for key, value in COMBINATIONS[0].items() if key in ("auth_mo
 }
 
 
+def make(project: Path, target: str) -> subprocess.CompletedProcess[str]:
+    command = ["make", "--no-print-directory", target, f"UV={UV}"]
+    return subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=600, check=False)
+
+
+def newcomer_copy(destination: Path) -> Path:
+    """The defaults as a cautious newcomer makes them: `copier copy --skip-tasks` without
+    --trust, then the documented `make lock`; the checks refuse the project until then."""
+    project = render(destination, trust=False, skip_tasks=True)
+    refused = make(project, "locked")
+    assert refused.returncode != 0
+    assert "uv.lock is missing (copier writes none): run `make lock`, then commit uv.lock" in refused.stderr
+    for target in ("lock", "locked"):
+        result = make(project, target)
+        assert result.returncode == 0, result.stdout + result.stderr
+    return project
+
+
 @pytest.fixture(scope="module", params=PROJECTS)
 def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     answers: dict[str, Any] = request.param
-    rendered = render(tmp_path_factory.mktemp("generated") / "project", answers)
+    destination = tmp_path_factory.mktemp("generated") / "project"
+    rendered = render(destination, answers) if answers else newcomer_copy(destination)
     return rendered, project_venv(rendered)
 
 

@@ -40,7 +40,18 @@ ENTRY = """# Changelog
 
 
 def git(repo: Path, *args: str) -> str:
-    command = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com", *args]
+    command = [
+        "git",
+        "-C",
+        str(repo),
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@example.com",
+        "-c",
+        "tag.gpgSign=false",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
@@ -60,6 +71,54 @@ def test_a_described_version_is_tagged_with_its_notes(repo: Path) -> None:
     message = git(repo, "tag", "--list", "--format=%(contents)", "v1.1.0")
     assert "Refuse client certificates without the clientAuth usage." in message
     assert "First release." not in message
+    # git's default message cleanup would drop these as comments.
+    assert "### Security\n" in message
+    assert "### Upgrading\n" in message
+
+
+def test_the_release_is_the_commit_that_dated_the_section_and_nothing_else_is_tagged(tmp_path: Path) -> None:
+    git(tmp_path, "init", "--quiet", "--initial-branch=main")
+    unreleased = "# Changelog\n\n## [Unreleased]\n\n### Fixed\n\n- x\n\n### Upgrading\n\n- Nothing to do.\n"
+    steps = [
+        ("work", unreleased),
+        ("Release 1.0.0", unreleased.replace("[Unreleased]", "[Unreleased]\n\n## [1.0.0] - 2026-12-07")),
+        (
+            "more work",
+            unreleased.replace("## [Unreleased]", "## [Unreleased]\n\n### Added\n\n- y\n\n## [1.0.0] - 2026-12-07"),
+        ),
+    ]
+    commits = []
+    for message, text in steps:
+        (tmp_path / "CHANGELOG.md").write_text(text)
+        git(tmp_path, "add", "-A")
+        git(tmp_path, "commit", "--quiet", "-m", message)
+        commits.append(git(tmp_path, "rev-parse", "HEAD").strip())
+    assert release.release_commit("1.0.0", tmp_path) == commits[1]
+
+    # The commit after the release releases nothing: CI on it tags nothing, make release refuses.
+    version, reason = release.pending(tmp_path)
+    assert version is None
+    assert "HEAD is not the commit that dated 1.0.0's section" in reason
+    with pytest.raises(release.ReleaseError, match="HEAD is not the commit that dated"):
+        release.tag("1.0.0", tmp_path)
+
+    # On the release commit itself it is pending, and once tagged it is not.
+    git(tmp_path, "checkout", "--quiet", commits[1])
+    assert release.pending(tmp_path) == ("1.0.0", "HEAD releases 1.0.0")
+    release.tag("1.0.0", tmp_path)
+    assert git(tmp_path, "rev-list", "-n", "1", "v1.0.0").strip() == commits[1]
+    assert release.pending(tmp_path)[0] is None
+
+    # Before any release there is nothing to do.
+    git(tmp_path, "checkout", "--quiet", commits[0])
+    assert release.pending(tmp_path) == (None, "CHANGELOG.md has no dated release section")
+
+
+def test_pending_prints_a_step_output_line() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "release.py"), "pending"], capture_output=True, text=True, check=True
+    )
+    assert re.fullmatch(r"version=(\d+\.\d+\.\d+)?\n", result.stdout)
 
 
 @pytest.mark.parametrize(

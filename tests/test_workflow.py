@@ -65,6 +65,7 @@ def installed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     """A project per auth mode (one of them federated, and a hub-and-spoke one), set up with the
     commands its README gives."""
     project = render(tmp_path_factory.mktemp("workflow") / "project", request.param)
+    subprocess.run(["git", "init", "--quiet", "--initial-branch=main"], cwd=project, check=True)
     for target in ("install", "certs"):
         result = make(project, target)
         assert result.returncode == 0, result.stdout + result.stderr

@@ -1,11 +1,18 @@
-"""Cut a template release: check CHANGELOG.md has the version, then tag it.
+"""Cut a template release from main: the commit that turns ``[Unreleased]`` into a dated
+``[X.Y.Z]`` section of CHANGELOG.md *is* the release, and it is tagged ``vX.Y.Z`` only after the
+template's tests passed on it.
 
-    python tools/release.py check 1.2.0    # refuses a version without a complete CHANGELOG entry
+    python tools/release.py check 1.2.0    # refuses a version HEAD does not release (see check())
     python tools/release.py tag 1.2.0      # the check, then an annotated tag v1.2.0 on HEAD
     python tools/release.py notes 1.2.0    # the version's CHANGELOG section (the release notes)
+    python tools/release.py pending        # "version=X.Y.Z" when HEAD releases an untagged version, else "version="
 
-`make release VERSION=1.2.0` runs `tag`. Copier picks the newest `vX.Y.Z` tag for `copier copy`
-and `copier update`, so a tag is what every project made from the template is offered next.
+The template's CI (.github/workflows/ci.yml) runs ``pending`` on every push to main after
+``make test`` passed on that commit, and tags and publishes what it names; ``make release
+VERSION=1.2.0`` runs ``make test`` and then ``tag`` for a maintainer. Copier picks the newest
+``vX.Y.Z`` tag for ``copier copy`` and ``copier update``, so a tag is what every project made
+from the template is offered next. Tags need not travel with a clone: the dated section on main
+says which commit each release is, so a lost tag is made again from main alone.
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ def git(*args: str, root: Path = ROOT) -> str:
     if result.returncode != 0:
         raise ReleaseError(f"git {' '.join(args)} failed: {result.stderr.strip()}")
     return result.stdout
+
+
+def number(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 def sections(changelog: str) -> dict[str, tuple[str | None, str]]:
@@ -68,43 +79,83 @@ def notes(version: str, root: Path = ROOT) -> str:
 
 
 def released(root: Path = ROOT) -> list[tuple[int, ...]]:
-    return sorted(
-        tuple(int(part) for part in tag[1:].split("."))
-        for tag in git("tag", "--list", "v*", root=root).split()
-        if SEMVER.match(tag[1:])
-    )
+    return sorted(number(tag[1:]) for tag in git("tag", "--list", "v*", root=root).split() if SEMVER.match(tag[1:]))
+
+
+def newest_dated(root: Path = ROOT) -> str | None:
+    """The highest version CHANGELOG.md gives a dated section."""
+    dated = [
+        version
+        for version, (date, _) in sections((root / "CHANGELOG.md").read_text()).items()
+        if date and SEMVER.match(version)
+    ]
+    return max(dated, key=number, default=None)
+
+
+def release_commit(version: str, root: Path = ROOT) -> str | None:
+    """The commit that wrote ``version``'s dated heading into CHANGELOG.md: the release."""
+    pattern = rf"^## \[{re.escape(version)}\] - [0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}"
+    found = git("log", "--format=%H", "--reverse", "-G", pattern, "--", "CHANGELOG.md", root=root).split()
+    return found[0] if found else None
 
 
 def check(version: str, root: Path = ROOT) -> str:
+    """``version``'s notes, if HEAD is its release: the section is complete, HEAD is the commit
+    that dated it, the tree is clean, and no tag has that version or a higher one."""
     body = notes(version, root)
     tags = released(root)
-    wanted = tuple(int(part) for part in version.split("."))
-    if wanted in tags:
+    if number(version) in tags:
         raise ReleaseError(f"v{version} is already released")
-    if tags and wanted < tags[-1]:
+    if tags and number(version) < tags[-1]:
         newest = ".".join(map(str, tags[-1]))
         raise ReleaseError(f"{version} is older than the newest release {newest}: choose a higher version")
     if git("status", "--porcelain", root=root).strip():
         raise ReleaseError("the working tree has uncommitted changes: commit them, then release")
+    head = git("rev-parse", "HEAD", root=root).strip()
+    commit = release_commit(version, root)
+    if commit != head:
+        raise ReleaseError(
+            f"HEAD is not the commit that dated {version}'s section ({commit or 'none committed yet'}): "
+            "a release is that commit, tested; a fix after it goes into the next version"
+        )
     return body
+
+
+def pending(root: Path = ROOT) -> tuple[str | None, str]:
+    """(the version HEAD releases, or None; why)."""
+    version = newest_dated(root)
+    if version is None:
+        return None, "CHANGELOG.md has no dated release section"
+    try:
+        check(version, root)
+    except ReleaseError as error:
+        return None, str(error)
+    return version, f"HEAD releases {version}"
 
 
 def tag(version: str, root: Path = ROOT) -> None:
     body = check(version, root)
-    git("tag", "--annotate", f"v{version}", "--message", f"v{version}\n\n{body}\n", root=root)
+    # verbatim: the default cleanup drops every line starting with '#', the '### Security' headings too.
+    message = f"v{version}\n\n{body}\n"
+    git("tag", "--annotate", "--cleanup=verbatim", f"v{version}", "--message", message, root=root)
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in {"check", "tag", "notes"}:
-        print(__doc__, file=sys.stderr)
-        return 2
-    command, version = argv
     try:
+        if argv == ["pending"]:
+            version, reason = pending()
+            print(f"release: {reason}", file=sys.stderr)
+            print(f"version={version or ''}")
+            return 0
+        if len(argv) != 2 or argv[0] not in {"check", "tag", "notes"}:
+            print(__doc__, file=sys.stderr)
+            return 2
+        command, version = argv
         if command == "notes":
             print(notes(version))
         elif command == "check":
             check(version)
-            print(f"{version} can be released")
+            print(f"HEAD releases {version}")
         else:
             tag(version)
             print(f"tagged v{version}; push it with: git push origin v{version}")

@@ -1,7 +1,10 @@
-"""Open or update the one merge request of the template-update branch (GitLab CI's scheduled
-update job; GitHub uses ``gh`` instead). A conflicted update is a draft.
+"""Open or update the one merge request of an update branch (GitLab CI's scheduled update job;
+GitHub uses ``gh`` instead). A conflicted update is a draft.
 
-    python scripts/merge_request.py TITLE BODY_FILE DRAFT(0|1)
+    python scripts/merge_request.py TITLE BODY_FILE DRAFT(0|1) [BRANCH]
+
+BRANCH is the one ``scripts/template_update.py`` printed: ``template-update``, or
+``template-update-vX.Y.Z`` while ``template-update`` still holds the team's unresolved conflicts.
 
 Reads GitLab's own job variables (CI_API_V4_URL, CI_PROJECT_ID, CI_DEFAULT_BRANCH) and
 TEMPLATE_UPDATE_TOKEN, a project access token with the ``api`` scope (docs/updating.md): the
@@ -17,8 +20,6 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
-
-BRANCH = "template-update"
 
 
 def api(method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
@@ -37,13 +38,15 @@ def api(method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
 
 def main() -> int:
     title, body_file, draft = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1"
+    # Without BRANCH: the job of a project before this script took it (it runs the branch's copy).
+    branch = sys.argv[4] if len(sys.argv) > 4 else "template-update"
     fields = {"title": f"Draft: {title}" if draft else title, "description": body_file.read_text(encoding="utf-8")}
-    query = urllib.parse.urlencode({"state": "opened", "source_branch": BRANCH})
+    query = urllib.parse.urlencode({"state": "opened", "source_branch": branch})
     existing = api("GET", f"/merge_requests?{query}")
     if existing:
         merge_request = api("PUT", f"/merge_requests/{existing[0]['iid']}", fields)
     else:
-        fields |= {"source_branch": BRANCH, "target_branch": os.environ["CI_DEFAULT_BRANCH"]}
+        fields |= {"source_branch": branch, "target_branch": os.environ["CI_DEFAULT_BRANCH"]}
         merge_request = api("POST", "/merge_requests", fields)
     print(merge_request["web_url"])
     return 0

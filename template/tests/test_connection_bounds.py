@@ -250,7 +250,7 @@ def test_only_authenticated_requests_take_a_concurrency_slot(bounded: RunningSer
     # Authenticated requests in progress fill the slots: the next one gets 503 in our words.
     in_progress = [start_slow_body(bounded, "reader") for _ in range(CONCURRENT)]
     try:
-        assert eventually(lambda: valid_call_status(bounded) == 503, timeout=5)
+        assert eventually(lambda: valid_call_status(bounded) == 503)
         with bounded.http("reader") as client:
             busy = client.post("/mcp", headers=MCP_HEADERS, json=WHOAMI)
         assert busy.status_code == 503
@@ -260,4 +260,4 @@ def test_only_authenticated_requests_take_a_concurrency_slot(bounded: RunningSer
     finally:
         for sock in in_progress:
             sock.close()
-    assert eventually(lambda: valid_call_status(bounded) == 200, timeout=5)
+    assert eventually(lambda: valid_call_status(bounded) == 200)
