@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import UV
 from copier import run_copy, run_update
-from test_update import commit_all, git, template_repo
+from test_update import commit_all, template_repo
 
 
 def make(project: Path, target: str) -> subprocess.CompletedProcess[str]:
@@ -21,7 +21,6 @@ def test_an_answer_changed_by_an_untrusted_update_is_caught_until_make_lock(tmp_
     template = template_repo(tmp_path / "template")
     project = tmp_path / "project"
     run_copy(str(template), project, defaults=True, unsafe=False, vcs_ref="v1.0.0", quiet=True)
-    git(project, "init", "--quiet", "--initial-branch=main")
     assert make(project, "lock").returncode == 0
     commit_all(project, "generated and locked")
 
