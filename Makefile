@@ -43,8 +43,8 @@ demo-stop: ## stop the demo server
 		echo "demo server stopped"; fi
 
 test: $(STAMP) ## the template's whole test suite (its own lint, renders, generated tests, linters)
-	$(BIN)/ruff check tests tools
-	$(BIN)/ruff format --check tests tools
+	$(BIN)/ruff check tests hooks tools
+	$(BIN)/ruff format --check tests hooks tools
 	$(BIN)/pytest -n $(WORKERS) --dist loadgroup
 
 bench: $(STAMP) ## render a project per auth mode and run its benchmark (bare SDK vs secure stack)
