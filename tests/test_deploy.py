@@ -82,9 +82,12 @@ def make(project: Path, target: str = "iac") -> subprocess.CompletedProcess[str]
 def project(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, dict[str, Any], str]:
-    """A rendered project after its own `make iac`, and what the gate printed."""
+    """A rendered project after `make lock` (copier writes no uv.lock) and its own `make iac`, and
+    what the gate printed."""
     answers: dict[str, Any] = request.param
     rendered = render(tmp_path_factory.mktemp("deploy") / "project", answers)
+    lock = make(rendered, "lock")
+    assert lock.returncode == 0, lock.stderr[-3000:]
     result = make(rendered)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     return rendered, answers, result.stdout + result.stderr
@@ -689,6 +692,7 @@ DEFECTS = {
 def test_the_gate_fails_on_a_planted_defect(defect: str, tmp_path: Path) -> None:
     file, hardened, broken, target, expected = DEFECTS[defect]
     project = render(tmp_path / "broken")
+    assert make(project, "lock").returncode == 0
     path = project / file
     assert hardened in path.read_text()
     path.write_text(path.read_text().replace(hardened, broken))
