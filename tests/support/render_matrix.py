@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pinned_tools import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZED = "kustomize.json"
@@ -99,12 +100,15 @@ def overlays(project: Path) -> list[Path]:
 
 
 def kustomize_all(project: Path) -> dict[str, list[Any]]:
-    """The objects each overlay (deploy/k8s/overlays/*) builds, sorted by kind, namespace and name."""
+    """The objects each overlay (deploy/k8s/overlays/*) builds with the kubectl of the template's
+    pinned tools (pinned_tools.py), sorted by kind, namespace and name."""
     built = {}
     for folder in overlays(project):
         if folder.parent.name != "overlays":
             continue
-        text = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True, check=True).stdout
+        text = subprocess.run(
+            [tool("kubectl"), "kustomize", str(folder)], capture_output=True, text=True, check=True
+        ).stdout
         objects = [doc for doc in yaml.safe_load_all(text) if doc]
         objects.sort(
             key=lambda o: (o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"], o["apiVersion"])
