@@ -78,7 +78,13 @@ PROVIDER_GATES = {
 @pytest.fixture(scope="module", params=PROJECTS)
 def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     answers: dict[str, Any] = request.param
-    return render(tmp_path_factory.mktemp("ci") / "project", answers), answers["ci_provider"]
+    return repository(render(tmp_path_factory.mktemp("ci") / "project", answers)), answers["ci_provider"]
+
+
+def repository(project: Path) -> Path:
+    """The README's first step, `git init -b main` (actionlint and the hooks work in a repository)."""
+    subprocess.run(["git", "init", "--quiet", "--initial-branch=main"], cwd=project, check=True)
+    return project
 
 
 def load(path: Path) -> Any:
@@ -416,7 +422,7 @@ def test_actionlint_and_zizmor_are_clean_and_catch_a_planted_defect(project: tup
 
 def test_workflows_for_another_registry_pass_zizmors_strictest_persona(tmp_path: Path) -> None:
     """A registry other than ghcr.io takes its credentials from secrets: they stay in the release environment."""
-    path = render(tmp_path / "project", {"container_registry": "registry.example.com/payments/mcp"})
+    path = repository(render(tmp_path / "project", {"container_registry": "registry.example.com/payments/mcp"}))
     venv = project_venv(path, groups=("gates",), runtime=False)
     for command in (("actionlint",), ("zizmor", "--offline", "--persona", "auditor", ".github")):
         result = run_in(path, venv, *command)
@@ -495,8 +501,6 @@ def test_pre_commit_and_gate_targets_pass_on_a_fresh_render(project: tuple[Path,
     def pre_commit() -> subprocess.CompletedProcess[str]:
         return run(UV, "run", "--frozen", "pre-commit", "run", "--all-files")
 
-    # The README's first steps: a repository, then the lock (make install would also sync).
-    git(path, "init", "--quiet", "--initial-branch=main")
     subprocess.run([UV, "lock", "--quiet"], cwd=path, env=env, check=True, timeout=600)
     git(path, "add", "-A")
     result = pre_commit()
