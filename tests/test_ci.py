@@ -546,23 +546,33 @@ def test_the_templates_own_workflow_is_pinned_least_privilege_and_lint_clean(def
 
 
 def test_the_template_is_tagged_only_after_its_tests_passed_on_that_commit() -> None:
-    """No tag, no release on red: the release job needs the test job, runs on pushes to main only,
-    tags the commit that was tested, and no tag push starts a release of its own."""
+    """No tag, no release on red: the release commit is tagged only by the release job, which
+    needs `make test` to have passed on that very commit (the push's run, or a run of its own),
+    and no tag push starts a release."""
     workflow = load(ROOT / ".github" / "workflows" / "ci.yml")
     triggers = workflow[True]  # YAML 1.1 reads the key `on` as true
     assert "tags" not in triggers["push"], "a pushed tag would publish before the tests ran"
     assert triggers["push"]["branches"] == ["main"]
     jobs = workflow["jobs"]
-    assert [step["run"] for step in jobs["test"]["steps"] if "run" in step] == ["bash .ci/run"]
+    runs = {name: [step["run"] for step in job["steps"] if "run" in step] for name, job in jobs.items()}
+    assert runs["test"] == ["bash .ci/run"]
+    assert runs["release-test"] == ["bash .ci/run"]
+    checkout = next(step for step in jobs["release-test"]["steps"] if "uses" in step)
+    assert checkout["with"]["ref"] == "${{ needs.release-plan.outputs.commit }}", "it tests the release commit"
+    assert jobs["release-plan"]["if"] == "github.event_name == 'push' && github.ref == 'refs/heads/main'"
+    assert "tools/release.py pending" in runs["release-plan"][0]
+
     release_job = jobs["release"]
-    assert release_job["needs"] == "test"
-    assert release_job["if"] == "github.event_name == 'push' && github.ref == 'refs/heads/main'"
+    assert set(release_job["needs"]) == {"test", "release-plan", "release-test"}
+    condition = " ".join(release_job["if"].split())
+    assert condition == (
+        "always() && needs.release-plan.outputs.version != '' && ( "
+        "(needs.release-plan.outputs.commit == github.sha && needs.test.result == 'success') || "
+        "needs.release-test.result == 'success')"
+    )
     writers = [name for name, job in jobs.items() if job.get("permissions", {}).get("contents") == "write"]
     assert writers == ["release"], "only the release job may create a tag"
-    steps = [step.get("run", "") for step in release_job["steps"]]
-    decide = next(index for index, run in enumerate(steps) if "tools/release.py pending" in run)
-    publish = next(index for index, run in enumerate(steps) if "git/tags" in run)
-    assert decide < publish
-    assert release_job["steps"][publish]["if"] == "steps.pending.outputs.version != ''"
-    assert 'object="$GITHUB_SHA"' in steps[publish], "the tag names the commit the tests ran on"
-    assert steps[publish].index("git/refs") < steps[publish].index("gh release create")
+    (publish,) = runs["release"]
+    assert 'object="$COMMIT"' in publish, "the tag names the tested release commit"
+    assert release_job["steps"][-1]["env"]["COMMIT"] == "${{ needs.release-plan.outputs.commit }}"
+    assert publish.index("git/tags") < publish.index("git/refs") < publish.index("gh release create")

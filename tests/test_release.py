@@ -79,13 +79,11 @@ def test_a_described_version_is_tagged_with_its_notes(repo: Path) -> None:
 def test_the_release_is_the_commit_that_dated_the_section_and_nothing_else_is_tagged(tmp_path: Path) -> None:
     git(tmp_path, "init", "--quiet", "--initial-branch=main")
     unreleased = "# Changelog\n\n## [Unreleased]\n\n### Fixed\n\n- x\n\n### Upgrading\n\n- Nothing to do.\n"
+    dated = unreleased.replace("[Unreleased]", "[Unreleased]\n\n## [1.0.0] - 2026-12-07")
     steps = [
         ("work", unreleased),
-        ("Release 1.0.0", unreleased.replace("[Unreleased]", "[Unreleased]\n\n## [1.0.0] - 2026-12-07")),
-        (
-            "more work",
-            unreleased.replace("## [Unreleased]", "## [Unreleased]\n\n### Added\n\n- y\n\n## [1.0.0] - 2026-12-07"),
-        ),
+        ("Release 1.0.0", dated),
+        ("more work", dated.replace("## [Unreleased]", "## [Unreleased]\n\n### Added\n\n- y")),
     ]
     commits = []
     for message, text in steps:
@@ -95,30 +93,29 @@ def test_the_release_is_the_commit_that_dated_the_section_and_nothing_else_is_ta
         commits.append(git(tmp_path, "rev-parse", "HEAD").strip())
     assert release.release_commit("1.0.0", tmp_path) == commits[1]
 
-    # The commit after the release releases nothing: CI on it tags nothing, make release refuses.
-    version, reason = release.pending(tmp_path)
-    assert version is None
-    assert "HEAD is not the commit that dated 1.0.0's section" in reason
-    with pytest.raises(release.ReleaseError, match="HEAD is not the commit that dated"):
+    # After the release commit, 1.0.0 is still due, at the release commit (CI tests and tags that
+    # one, never the later commit); make release refuses to tag HEAD.
+    assert release.pending(tmp_path) == ("1.0.0", commits[1])
+    with pytest.raises(release.ReleaseError, match=re.escape("HEAD is not the commit that dated 1.0.0's section")):
         release.tag("1.0.0", tmp_path)
 
-    # On the release commit itself it is pending, and once tagged it is not.
+    # On the release commit itself make release tags it, and then nothing is due.
     git(tmp_path, "checkout", "--quiet", commits[1])
-    assert release.pending(tmp_path) == ("1.0.0", "HEAD releases 1.0.0")
     release.tag("1.0.0", tmp_path)
     assert git(tmp_path, "rev-list", "-n", "1", "v1.0.0").strip() == commits[1]
-    assert release.pending(tmp_path)[0] is None
+    git(tmp_path, "checkout", "--quiet", "main")
+    assert release.pending(tmp_path) is None
 
-    # Before any release there is nothing to do.
+    # Before any release nothing is due.
     git(tmp_path, "checkout", "--quiet", commits[0])
-    assert release.pending(tmp_path) == (None, "CHANGELOG.md has no dated release section")
+    assert release.pending(tmp_path) is None
 
 
 def test_pending_prints_a_step_output_line() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "release.py"), "pending"], capture_output=True, text=True, check=True
     )
-    assert re.fullmatch(r"version=(\d+\.\d+\.\d+)?\n", result.stdout)
+    assert re.fullmatch(r"version=(\d+\.\d+\.\d+)?\ncommit=([0-9a-f]{40})?\n", result.stdout)
 
 
 @pytest.mark.parametrize(

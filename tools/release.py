@@ -5,11 +5,14 @@ template's tests passed on it.
     python tools/release.py check 1.2.0    # refuses a version HEAD does not release (see check())
     python tools/release.py tag 1.2.0      # the check, then an annotated tag v1.2.0 on HEAD
     python tools/release.py notes 1.2.0    # the version's CHANGELOG section (the release notes)
-    python tools/release.py pending        # "version=X.Y.Z" when HEAD releases an untagged version, else "version="
+    python tools/release.py pending        # "version=" and "commit=" lines: the newest dated, untagged
+                                           # version and the commit that dated it (empty: none)
 
-The template's CI (.github/workflows/ci.yml) runs ``pending`` on every push to main after
-``make test`` passed on that commit, and tags and publishes what it names; ``make release
-VERSION=1.2.0`` runs ``make test`` and then ``tag`` for a maintainer. Copier picks the newest
+The template's CI (.github/workflows/ci.yml) runs ``pending`` on every push to main; it tags the
+release commit it names only after ``make test`` passed on that very commit (the push's own run
+when the commit is the one pushed, else a run of its own on that commit). ``make release
+VERSION=1.2.0`` does the same for a maintainer: ``check`` (HEAD is the release commit), then
+``make test``, then ``tag``. Copier picks the newest
 ``vX.Y.Z`` tag for ``copier copy`` and ``copier update``, so a tag is what every project made
 from the template is offered next. Tags need not travel with a clone: the dated section on main
 says which commit each release is, so a lost tag is made again from main alone.
@@ -99,9 +102,9 @@ def release_commit(version: str, root: Path = ROOT) -> str | None:
     return found[0] if found else None
 
 
-def check(version: str, root: Path = ROOT) -> str:
-    """``version``'s notes, if HEAD is its release: the section is complete, HEAD is the commit
-    that dated it, the tree is clean, and no tag has that version or a higher one."""
+def releasable(version: str, root: Path = ROOT) -> tuple[str, str]:
+    """(notes, release commit) of ``version``: its section is complete, a commit dated it, and
+    no tag has that version or a higher one."""
     body = notes(version, root)
     tags = released(root)
     if number(version) in tags:
@@ -109,28 +112,35 @@ def check(version: str, root: Path = ROOT) -> str:
     if tags and number(version) < tags[-1]:
         newest = ".".join(map(str, tags[-1]))
         raise ReleaseError(f"{version} is older than the newest release {newest}: choose a higher version")
+    commit = release_commit(version, root)
+    if commit is None:
+        raise ReleaseError(f"no commit has dated {version}'s section yet: commit CHANGELOG.md first")
+    return body, commit
+
+
+def check(version: str, root: Path = ROOT) -> str:
+    """``version``'s notes, if HEAD is its release commit and the tree is clean (make release)."""
     if git("status", "--porcelain", root=root).strip():
         raise ReleaseError("the working tree has uncommitted changes: commit them, then release")
-    head = git("rev-parse", "HEAD", root=root).strip()
-    commit = release_commit(version, root)
-    if commit != head:
+    body, commit = releasable(version, root)
+    if commit != git("rev-parse", "HEAD", root=root).strip():
         raise ReleaseError(
-            f"HEAD is not the commit that dated {version}'s section ({commit or 'none committed yet'}): "
-            "a release is that commit, tested; a fix after it goes into the next version"
+            f"HEAD is not the commit that dated {version}'s section ({commit}): a release is that "
+            f"commit, tested (git checkout {commit[:12]}, then make release); a fix after it goes into the next version"
         )
     return body
 
 
-def pending(root: Path = ROOT) -> tuple[str | None, str]:
-    """(the version HEAD releases, or None; why)."""
+def pending(root: Path = ROOT) -> tuple[str, str] | None:
+    """(version, release commit) of the newest dated version no tag has yet, or None."""
     version = newest_dated(root)
     if version is None:
-        return None, "CHANGELOG.md has no dated release section"
+        return None
     try:
-        check(version, root)
-    except ReleaseError as error:
-        return None, str(error)
-    return version, f"HEAD releases {version}"
+        _, commit = releasable(version, root)
+    except ReleaseError:
+        return None
+    return version, commit
 
 
 def tag(version: str, root: Path = ROOT) -> None:
@@ -143,9 +153,10 @@ def tag(version: str, root: Path = ROOT) -> None:
 def main(argv: list[str]) -> int:
     try:
         if argv == ["pending"]:
-            version, reason = pending()
-            print(f"release: {reason}", file=sys.stderr)
-            print(f"version={version or ''}")
+            found = pending()
+            version, commit = found or ("", "")
+            print(f"release: {f'v{version} is due, at {commit}' if found else 'nothing to release'}", file=sys.stderr)
+            print(f"version={version}\ncommit={commit}")
             return 0
         if len(argv) != 2 or argv[0] not in {"check", "tag", "notes"}:
             print(__doc__, file=sys.stderr)
