@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PACKAGE, PKI, PROJECT, RunningServer, free_port, server_settings, stop_server, wait_ready
+from conftest import PACKAGE, PKI, PROJECT, RunningServer, server_settings, stop_server, wait_ready
+from dev_servers import free_port
 
 
 def open_file_limits(pid: int) -> tuple[int, int]:
@@ -45,13 +46,13 @@ def started(pki: PKI, tmp_path: Path) -> Iterator[Callable[[int, int], RunningSe
         }
         log_file = tmp_path / f"server-{soft}-{hard}.log"
         with log_file.open("wb") as log:
-            process = subprocess.Popen(  # noqa: S603
+            process = subprocess.Popen(
                 [sys.executable, "-m", PACKAGE],
                 cwd=PROJECT,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=limited_to(soft, hard),  # noqa: PLW1509
+                preexec_fn=limited_to(soft, hard),
             )
         running.append(wait_ready(RunningServer(process, port, ops_port, log_file, pki)))
         return running[-1]
@@ -73,7 +74,9 @@ def test_a_soft_limit_of_1024_is_raised_to_the_hard_limit(started: Callable[[int
     server = started(1024, hard)
     assert open_file_limits(server.process.pid) == (hard, hard)
     raised = [event for event in log_events(server) if event.get("event") == "open-file limit raised"]
-    assert raised == [raised[0]] and raised[0]["soft_before"] == 1024 and raised[0]["soft"] == hard
+    assert len(raised) == 1
+    assert raised[0]["soft_before"] == 1024
+    assert raised[0]["soft"] == hard
     with server.http("reader") as client:
         assert client.get("/mcp").status_code == 405  # serving
 
@@ -81,8 +84,10 @@ def test_a_soft_limit_of_1024_is_raised_to_the_hard_limit(started: Callable[[int
 def test_a_low_hard_limit_is_named_and_the_server_still_serves(started: Callable[[int, int], RunningServer]) -> None:
     server = started(1024, 1024)
     assert open_file_limits(server.process.pid) == (1024, 1024)
-    warned = [event for event in log_events(server) if str(event.get("event", "")).startswith("open-file limit is low")]
+    low = "open-file limit is low"
+    warned = [event for event in log_events(server) if str(event.get("event", "")).startswith(low)]
     assert len(warned) == 1
-    assert warned[0]["soft"] == 1024 and warned[0]["level"] == "warning"
+    assert warned[0]["soft"] == 1024
+    assert warned[0]["level"] == "warning"
     with server.http("reader") as client:
         assert client.get("/mcp").status_code == 405
