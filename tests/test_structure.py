@@ -127,7 +127,10 @@ def test_what_each_answer_leaves_out_names_recorded_answers_only() -> None:
 
 
 def test_the_templates_own_markdown_passes_the_linter() -> None:
-    linter = PyMarkdownApi().disable_rule_by_identifier("md013")
+    # Keep a Changelog repeats "### Security" under every release: headings may repeat, not among siblings.
+    linter = (
+        PyMarkdownApi().disable_rule_by_identifier("md013").set_boolean_property("plugins.md024.siblings_only", True)
+    )
     failures = [
         f"{f.scan_file}:{f.line_number} {f.rule_id} {f.rule_description}"
         for path in [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
