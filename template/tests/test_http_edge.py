@@ -84,6 +84,18 @@ def test_foreign_host_is_refused(http: httpx2.Client) -> None:
     assert response.status_code == 421
 
 
+def test_an_unknown_tool_and_a_forbidden_one_get_the_same_bytes(http: httpx2.Client) -> None:
+    """In every auth mode: the reader may not revoke sessions; nothing tells it that
+    revoke_session exists and no_such_tool does not (no name is echoed either)."""
+    answers = []
+    for name in ("revoke_session", "no_such_tool"):
+        response = http.post("/mcp", headers=MCP_HEADERS, json=call(name, {"session_id": "sess_probe003"}))
+        headers = [(k, v) for k, v in response.headers.multi_items() if k not in ("x-request-id", "date")]
+        answers.append((response.status_code, headers, response.content))
+        assert name.encode() not in response.content
+    assert answers[0] == answers[1]
+
+
 def test_get_opens_no_event_stream(http: httpx2.Client) -> None:
     """A stateless server has nothing to push: GET is refused at once instead of held open."""
     response = http.get("/mcp", headers={"accept": "text/event-stream"}, timeout=5.0)

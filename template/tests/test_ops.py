@@ -53,3 +53,7 @@ def test_operations_endpoints_are_not_served_on_the_mcp_port(server: RunningServ
     with server.http("reader") as http:
         assert http.get("/metrics").status_code == 404
         assert http.get("/healthz").status_code == 404
+
+
+def test_requests_in_progress_are_exported(server: RunningServer) -> None:
+    assert metric(server, "mcp_requests_in_progress") == 0

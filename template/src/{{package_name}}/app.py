@@ -6,7 +6,8 @@ Request path, outermost first (the layers in brackets are those of some answers 
   -> BoundedHttpProtocol        head timeout, head size (431), connections per address
                                 (security.connections)
   -> SecurityHeadersMiddleware  request id, security headers; 429 for an address that spent
-                                its budget of refused requests (security.floods), before any
+                                its budget of refused requests (security.floods; protocol-normal
+                                answers spend none), before any
                                 check; 400 for a repeated Authorization/Host/... header, 403 for
                                 a client certificate without the clientAuth EKU; every 4xx
                                 counted and audited (aggregated per source, security.audit)
@@ -16,7 +17,8 @@ Request path, outermost first (the layers in brackets are those of some answers 
   -> RateLimitMiddleware        per-principal budget, 429 + Retry-After
   -> InFlightLimit              authenticated requests in progress, 503 + Retry-After beyond
                                 MAX_CONCURRENT_REQUESTS (a peer's own path passes it too)
-  -> StatelessStreamGate        GET /mcp answered 405 instead of an idle event stream
+  -> StatelessStreamGate        GET /mcp answered 405 instead of an idle event stream (counted,
+                                neither audited nor charged to the address: every TS SDK connect)
   -> JsonRpcGate                JSON-RPC checked before the SDK: parse error, batch, invalid id,
                                 missing method, request without id, params not an object (400)
   -> SDK Streamable HTTP app    Host/Origin allow-lists, body size limit (413), JSON-RPC
@@ -40,7 +42,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .lifecycle import Part
 from .observability import Metrics
 from .security.audit import AuditLog
-from .security.floods import RefusalBudget
+from .security.floods import STREAM_NOT_OFFERED, RefusalBudget
 from .security.headers import SecurityHeadersMiddleware
 from .security.inflight import InFlightLimit
 from .security.jsonrpc import JsonRpcErrors, JsonRpcGate
@@ -82,6 +84,7 @@ class StatelessStreamGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == MCP_PATH:
+            scope.setdefault("state", {})["rejection"] = STREAM_NOT_OFFERED  # spends no refusal budget
             response = PlainTextResponse("Method Not Allowed", status_code=405, headers={"allow": "POST"})
             await response(scope, receive, send)
             return
@@ -97,6 +100,7 @@ def create_app(
     parts: Sequence[Part] = (),
 ) -> ASGIApp:
     """The app; each of ``parts`` wraps the rate-limited app in turn (the first innermost)."""
+    audit.refusals.max_lines = settings.audit_refusal_lines_per_window
     server.middleware.append(JsonRpcErrors(server, audit, metrics))
     server.middleware.append(ToolGuard(server, policy, audit, metrics))
     checked = JsonRpcGate(

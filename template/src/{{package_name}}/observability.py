@@ -68,6 +68,11 @@ class Metrics:
             "Authenticated requests answered 503 because MAX_CONCURRENT_REQUESTS were in progress.",
             registry=self.registry,
         )
+        self.requests_in_progress = Gauge(
+            "mcp_requests_in_progress",
+            "Authenticated requests in progress (those MAX_CONCURRENT_REQUESTS caps).",
+            registry=self.registry,
+        )
         self.tls_reloads = Counter(
             "mcp_tls_reloads", "Certificate reloads after rotation on disk.", registry=self.registry
         )

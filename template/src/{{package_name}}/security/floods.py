@@ -8,6 +8,16 @@ Only refusals spend it: callers behind one NAT address whose requests succeed ne
 which a budget of all requests per address could not promise. The 429s it answers itself spend
 nothing, so a flood that goes on is let through at the refill rate, never shut out for good.
 
+Nor do the answers that clients following the MCP specification get in normal operation
+(``PROTOCOL_ANSWERS``), however many of them share an address: 405 for ``GET /mcp`` (the
+TypeScript SDK and the MCP Inspector ask for an event stream on every connect; it is reached
+only after authentication and the caller's own rate limit), 401 for a request without any token
+(how OAuth discovery starts; refused before anything costly runs, it costs no more than the 429
+would), and 404 for a ``/.well-known/`` document this server does not serve (clients probe the
+metadata path variants). An attacker gains nothing from them that the 429 would save us; what
+costs us something (a forged, expired or foreign token, a malformed message, a refused Host or
+Origin, a bad certificate) still spends.
+
 The budget is a GCRA (generic cell rate algorithm): one float per address, the time its budget
 would be full again. The least recently refused addresses are forgotten beyond ``max_sources``.
 An IPv6 address counts by its /64, the block one host is usually given.
@@ -21,6 +31,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 WINDOW_SECONDS = 60.0
+
+# Answers that spend no budget (see above), by their name in mcp_requests_refused_total.
+STREAM_NOT_OFFERED = "stream_not_offered"  # 405 for GET /mcp
+NO_BEARER = "missing_token"  # 401 for a request with no bearer token at all
+NO_METADATA = "no_metadata"  # 404 for a /.well-known/ path this server serves nothing at
+PROTOCOL_ANSWERS = frozenset({STREAM_NOT_OFFERED, NO_BEARER, NO_METADATA})
+WELL_KNOWN = "/.well-known/"
 
 
 def source_of(address: str | None) -> str:

@@ -5,7 +5,9 @@ body, malformed JSON-RPC, rate limit) that no inner layer audited itself.
 
 Before anything else it answers 429 to an address that has spent its budget of refused
 requests (``security.floods``), so a flood of forged tokens or malformed messages costs one
-lookup per request.
+lookup per request. The answers every MCP client gets in normal operation
+(``floods.PROTOCOL_ANSWERS``) spend none; 405 for ``GET /mcp`` and 404 under ``/.well-known/``
+are counted but not audited, as they refuse nothing.
 
 It refuses first, with 400, a request that repeats a header whose meaning depends on which
 copy a reader takes (``Authorization``, ``Host``, ...): a proxy reading the last copy and this
@@ -23,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..observability import Metrics
 from .audit import AuditLog
-from .floods import RefusalBudget
+from .floods import NO_METADATA, PROTOCOL_ANSWERS, STREAM_NOT_OFFERED, WELL_KNOWN, RefusalBudget
 from .identity import certificate_refusal, client_ip, principal_from_scope
 from .ratelimit import too_many_requests
 
@@ -50,6 +52,10 @@ SINGLE_HEADERS = frozenset(
     }
 )
 TOO_MANY_REFUSALS = "too_many_refusals"
+# Refusals that spend no budget of the address: the budget's own 429, and the protocol's answers.
+_FREE = PROTOCOL_ANSWERS | {TOO_MANY_REFUSALS}
+# Protocol answers that refuse nothing a client wanted: counted, not audited.
+_UNAUDITED = frozenset({STREAM_NOT_OFFERED, NO_METADATA})
 # A caller-chosen id is kept for correlation only when it cannot smuggle anything into logs.
 _SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
@@ -114,7 +120,9 @@ class SecurityHeadersMiddleware:
                 self.audit.record("request_rejected", status=status, **_request_fields(scope, state))
             return
         rejection = state.get("rejection")
-        if not state.get("audited"):
+        if rejection is None and status == 404 and scope["path"].startswith(WELL_KNOWN):
+            rejection = state["rejection"] = NO_METADATA
+        if not state.get("audited") and rejection not in _UNAUDITED:
             self.audit.refused(
                 scope,
                 "request_rejected",
@@ -124,7 +132,7 @@ class SecurityHeadersMiddleware:
             )
             rejection = state["rejection"]
         self.metrics.record_refusal(rejection if isinstance(rejection, str) else f"http_{status}")
-        if rejection != TOO_MANY_REFUSALS:
+        if rejection not in _FREE:
             self.budget.spend(client_ip(scope))
 
 

@@ -33,6 +33,8 @@ class InFlightLimit:
         self.audit = audit
         self.metrics = metrics
         self.in_flight = 0
+        # Read when Prometheus scrapes: nothing to update per request.
+        metrics.requests_in_progress.set_function(lambda: self.in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

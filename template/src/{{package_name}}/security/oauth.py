@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..lifecycle import Part
 from .audit import AuditLog
+from .floods import NO_BEARER
 from .identity import Principal, certificate_principal, client_ip
 from .policy import TOKEN
 
@@ -415,9 +416,9 @@ class BearerAuth:
         self.audit.refused(
             scope,
             "auth_failed",
-            error or "missing_token",
+            error or NO_BEARER,  # spends no refusal budget: how OAuth discovery starts
             status=status,
-            error=error or "missing_token",
+            error=error or NO_BEARER,
             reason=description,
             method=scope["method"],
             path=scope["path"],

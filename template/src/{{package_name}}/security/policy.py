@@ -4,7 +4,8 @@ A caller may use a tool when one ``[[allow]]`` rule matches one of the caller's 
 the tool's name, and the caller's access token carries every scope the rule lists (a rule
 without ``scopes`` needs none; a caller known by certificate alone has none). Patterns are
 shell-style (``*``, ``?``, ``[...]``); ``*`` also crosses ``/``. When only scopes are
-missing, the decision names them, so an OAuth client can ask for them (step-up).
+missing, the decision names them (for the audit trail); what an OAuth client is told to ask
+for (step-up) is ``grantable_scopes``, the same whatever tool it asked for.
 
 At start-up, ``check_callers`` refuses a principal pattern that no caller of this server can
 ever match: a token name (``sub:``, ``client_id:``) where no bearer token is taken, or a
@@ -97,6 +98,7 @@ class Policy:
         self._tool_patterns = [pattern for rule in document.allow for pattern in rule.tools]
         self.scopes = sorted({scope for rule in document.allow for scope in rule.scopes})
         self._decisions: dict[tuple[tuple[str, ...], frozenset[str], str], Decision] = {}
+        self._grantable: dict[tuple[tuple[str, ...], frozenset[str]], tuple[str, ...]] = {}
 
     @classmethod
     def load(cls, path: Path) -> Policy:
@@ -156,12 +158,18 @@ class Policy:
         wider token could let it do. The answer depends on the caller only, not on a tool."""
         if principal is None:
             return ()
-        names = principal.names
-        lacking: set[str] = set()
-        for principals, _tools, scopes in self.rules:
-            if any(principals.fullmatch(name) for name in names):
-                lacking |= scopes - principal.scopes
-        return tuple(sorted(lacking))
+        key = (principal.names, principal.scopes)
+        grantable = self._grantable.get(key)
+        if grantable is None:
+            lacking: set[str] = set()
+            for principals, _tools, scopes in self.rules:
+                if any(principals.fullmatch(name) for name in principal.names):
+                    lacking |= scopes - principal.scopes
+            grantable = tuple(sorted(lacking))
+            if len(self._grantable) >= _CACHE_LIMIT:
+                self._grantable.clear()
+            self._grantable[key] = grantable
+        return grantable
 
     def unmatched_patterns(self, tool_names: Iterable[str]) -> list[str]:
         """Tool patterns in the policy that match no registered tool: usually a typo."""

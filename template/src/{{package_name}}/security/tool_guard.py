@@ -4,11 +4,14 @@ It runs inside the SDK for every JSON-RPC message, after the transport checks an
 the tool: ``tools/call`` of a tool the caller may not use is refused with the same error as
 an unknown tool (no probing for names), and ``tools/list`` shows only permitted tools.
 A refused call leaves scopes in the request state, where the OAuth layer (if any) turns the
-answer into 403 ``insufficient_scope`` (step-up): for a tool a rule would grant the caller with
-more scopes, the scopes that rule needs; for any other name, unknown or never granted, the
-scopes the caller lacks for any rule that matches it (``Policy.grantable_scopes``), so an
-unknown tool and a forbidden one get the same challenge. Only a caller that lacks no scope gets
-the JSON-RPC error, the same for both.
+answer into 403 ``insufficient_scope`` (step-up). The challenge names the scopes the caller
+lacks for any rule that matches its names (``Policy.grantable_scopes``), whatever the tool:
+naming only the scopes of the tool asked for would tell a real tool (its own scopes) from an
+unknown name (no scopes of its own), so every refused name, real or not, gets the very same
+answer, and nothing of the name is echoed. A client that steps up asks for more scopes than
+the one tool needs; the authorization server still grants only what the user may have. Only a
+caller that lacks no scope gets the JSON-RPC error, the same for every name. The audit event
+of a denial keeps the scopes that tool needs (``missing_scopes``), for the operator.
 A tool's argument validation error reaches the caller as a tool error in our words, not the
 SDK's pydantic text.
 """
@@ -64,11 +67,12 @@ class ToolGuard:
         }
         decision = self.policy.decide(principal, tool)
         if not decision.allowed:
-            # Step-up for what the caller could be granted; the same shape for every other name.
-            challenge = decision.missing_scopes or self.policy.grantable_scopes(principal)
+            # Step-up for whatever the caller could be granted: the same for every refused name.
+            challenge = self.policy.grantable_scopes(principal)
             if challenge:
                 state["insufficient_scope"] = challenge
-                event["missing_scopes"] = list(challenge)
+            if decision.missing_scopes:
+                event["missing_scopes"] = list(decision.missing_scopes)
             self.audit.record("tool_call", decision="deny", **event)
             label = await self._metric_label(tool, refresh=False)
             self.metrics.record_tool_call(label, "deny", "denied")
