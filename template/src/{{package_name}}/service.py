@@ -103,6 +103,8 @@ async def serve(service: Service) -> None:
 
     bounds = ConnectionBounds(
         head_timeout=settings.request_head_timeout_seconds,
+        body_timeout=settings.request_body_timeout_seconds,
+        request_timeout=settings.request_timeout_seconds,
         max_head_bytes=settings.max_request_head_bytes,
         max_per_address=settings.max_connections_per_address,
         metrics=metrics,
