@@ -174,8 +174,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's data_received, with the bounds around the parser.
-        if self._phase == _ENDED:
-            return  # refused or closing: what still arrives is not read
+        if self._phase == _ENDED or self.transport.is_closing():
+            # Refused, or closing after an answer that ended the connection: what still arrives
+            # is not read (a request parsed now would run with its answer dropped).
+            return
         self._unset_keepalive_if_required()
         if self._phase == _HEAD and not self._count_head(data):
             return
