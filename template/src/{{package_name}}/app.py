@@ -3,14 +3,16 @@
 Request path, outermost first (the layers in brackets are those of some answers only):
   TLS 1.3 handshake, with client certificate for mtls (security.tls, before any byte of HTTP),
                                 within TLS_HANDSHAKE_TIMEOUT_SECONDS (service.BoundedServer)
-  -> BoundedHttpProtocol        head timeout, head size (431), connections per address
-                                (security.connections)
+  -> BoundedHttpProtocol        head, body and whole-request timeouts (408), head size (431),
+                                connections per address (503), the close after every refusal,
+                                pipelined requests in order (security.connections)
   -> SecurityHeadersMiddleware  request id, security headers; 429 for an address that spent
                                 its budget of refused requests (security.floods; protocol-normal
                                 answers spend none), before any
                                 check; 400 for a repeated Authorization/Host/... header, 403 for
                                 a client certificate without the clientAuth EKU; every 4xx
-                                counted and audited (aggregated per source, security.audit)
+                                counted and audited (aggregated per source, security.audit);
+                                Connection: close on 401, 403, 413 and 429
   [-> PeerGate                  federated: a peer's certificate checked against its own CA and
                                 the allow-list; peers take their own path (no token, own budget)]
   [-> BearerAuth                oauth: bearer JWT, 401/403 + WWW-Authenticate, RFC 9728 metadata]
@@ -100,7 +102,6 @@ def create_app(
     parts: Sequence[Part] = (),
 ) -> ASGIApp:
     """The app; each of ``parts`` wraps the rate-limited app in turn (the first innermost)."""
-    audit.refusals.max_lines = settings.audit_refusal_lines_per_window
     server.middleware.append(JsonRpcErrors(server, audit, metrics))
     server.middleware.append(ToolGuard(server, policy, audit, metrics))
     checked = JsonRpcGate(

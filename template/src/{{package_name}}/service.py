@@ -64,7 +64,11 @@ class Service:
 def assemble(settings: Settings, files: TLSFiles, build: Build) -> Service:
     tls = ReloadingTLS(files)
     policy = Policy.load(settings.policy_file)
-    metrics, audit = Metrics(), AuditLog(refusal_window_seconds=settings.audit_refusal_window_seconds)
+    metrics = Metrics()
+    audit = AuditLog(
+        refusal_window_seconds=settings.audit_refusal_window_seconds,
+        refusal_lines_per_window=settings.audit_refusal_lines_per_window,
+    )
     server, built = build(policy, audit)
     parts = [*built, RefusalSummaries(audit.refusals)]
     certificates = {CERTIFICATE} if files.verify_files else set()
@@ -103,6 +107,8 @@ async def serve(service: Service) -> None:
 
     bounds = ConnectionBounds(
         head_timeout=settings.request_head_timeout_seconds,
+        body_timeout=settings.request_body_timeout_seconds,
+        request_timeout=settings.request_timeout_seconds,
         max_head_bytes=settings.max_request_head_bytes,
         max_per_address=settings.max_connections_per_address,
         metrics=metrics,

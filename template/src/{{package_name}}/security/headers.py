@@ -13,7 +13,11 @@ It refuses first, with 400, a request that repeats a header whose meaning depend
 copy a reader takes (``Authorization``, ``Host``, ...): a proxy reading the last copy and this
 server the first would disagree about who is calling or where. With mutual TLS it refuses,
 with 403, a client certificate without the clientAuth extended key usage (``security.identity``
-marks it at the handshake)."""
+marks it at the handshake).
+
+A refusal that ends the exchange (401, 403, 413, 429) carries ``Connection: close``: the
+client gets no more requests on that connection, and ``security.connections`` drops it if the
+client keeps sending."""
 
 from __future__ import annotations
 
@@ -56,6 +60,11 @@ TOO_MANY_REFUSALS = "too_many_refusals"
 _FREE = PROTOCOL_ANSWERS | {TOO_MANY_REFUSALS}
 # Protocol answers that refuse nothing a client wanted: counted, not audited.
 _UNAUDITED = frozenset({STREAM_NOT_OFFERED, NO_METADATA})
+# Refusals that end the exchange: the connection closes after the answer (security.connections
+# drops it if the client keeps sending), so a refused client cannot keep it for more requests
+# or for the rest of a body it was not asked for.
+ENDS_EXCHANGE = frozenset({401, 403, 413, 429})
+CONNECTION_CLOSE = (b"connection", b"close")
 # A caller-chosen id is kept for correlation only when it cannot smuggle anything into logs.
 _SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
@@ -78,10 +87,12 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *extra]
+                message["headers"] = headers = [*message.get("headers", ()), *extra]
                 status = message["status"]
                 if status >= 400:
                     self._refused(scope, state, status)
+                    if status in ENDS_EXCHANGE:
+                        headers.append(CONNECTION_CLOSE)
             await send(message)
 
         wait = self.budget.retry_after(client_ip(scope))

@@ -2,7 +2,9 @@
 
 It sits inside the authentication layers (``app.create_app``), so only requests that a
 verified caller sent take a slot: connections that never finish a request, and requests
-refused with 401, cannot keep a valid caller out (``security.connections`` bounds those).
+refused with 401, cannot keep a valid caller out (``security.connections`` bounds those). An
+authenticated request whose body trickles in holds its slot until the body timeout
+(``REQUEST_BODY_TIMEOUT_SECONDS``) ends it.
 """
 
 from __future__ import annotations

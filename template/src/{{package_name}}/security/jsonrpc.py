@@ -124,7 +124,10 @@ class JsonRpcGate:
         if await self.security.validate_request(Request(scope), is_post=True) is not None:
             await self.app(scope, receive, send)
             return
-        body = await self._body(receive)
+        try:
+            body = await self._body(receive)
+        except _DisconnectedError:
+            return  # the client left, or its body was too slow (security.connections): nobody to answer
         if body is None:
             await self._refuse(scope, send, 413, INVALID_REQUEST, "Request body too large", "body_too_large", None)
             return
@@ -150,7 +153,7 @@ class JsonRpcGate:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                raise _DisconnectedError
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
@@ -170,6 +173,10 @@ class JsonRpcGate:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class _DisconnectedError(Exception):
+    """The connection ended before the whole body came."""
 
 
 def _is_json(scope: Scope) -> bool:
