@@ -187,6 +187,12 @@ def cached_venv(project: Path, pins: list[str], install: list[str]) -> Path:
     return venv
 
 
+def make(project: Path, target: str) -> subprocess.CompletedProcess[str]:
+    """A make target of a rendered project, with this checkout's uv."""
+    command = ["make", "--no-print-directory", target, f"UV={UV}"]
+    return subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=600, check=False)
+
+
 def run_in(project: Path, venv: Path, *command: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run a tool of the project's venv inside the project, as its Makefile would."""
     env = {

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CUSTOM, UV, combo_id, covering, project_venv, render, run_in
+from conftest import CUSTOM, combo_id, covering, make, project_venv, render, run_in
 
 # The default answers, then every combination of the answers that change the server's code,
 # auth mode and architecture (the others, python_version included, take each of their choices
@@ -25,11 +24,6 @@ assert {key: value for key, value in COMBINATIONS[0].items() if key in ("auth_mo
     "auth_mode": "mtls",
     "architecture": "standalone",
 }
-
-
-def make(project: Path, target: str) -> subprocess.CompletedProcess[str]:
-    command = ["make", "--no-print-directory", target, f"UV={UV}"]
-    return subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=600, check=False)
 
 
 def newcomer_copy(destination: Path) -> Path:

@@ -7,14 +7,9 @@ import os
 import subprocess
 from pathlib import Path
 
-from conftest import UV
+from conftest import UV, make
 from copier import run_copy, run_update
 from test_update import commit_all, template_repo
-
-
-def make(project: Path, target: str) -> subprocess.CompletedProcess[str]:
-    command = ["make", "--no-print-directory", target, f"UV={UV}"]
-    return subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=600, check=False)
 
 
 def test_an_answer_changed_by_an_untrusted_update_is_caught_until_make_lock(tmp_path: Path) -> None:
