@@ -197,7 +197,7 @@ def test_oversized_head_gets_431_without_being_read(bounded: RunningServer) -> N
 
 
 def keep_alive(server: RunningServer, source: str) -> ssl.SSLSocket:
-    """A connection that got one answer and stays open (uvicorn's keep-alive, 5 s)."""
+    """A connection that got one answer and stays open (KEEP_ALIVE_TIMEOUT_SECONDS, 75 s)."""
     sock = open_tls(server, source)
     sock.sendall(b"GET /nothing HTTP/1.1\r\nhost: localhost\r\n\r\n")
     assert sock.recv(65536).startswith(b"HTTP/1.1 ")
@@ -455,25 +455,30 @@ def test_a_refusal_ends_the_connection_whatever_the_client_sends(
     assert closed - answered < CLOSE_GRACE + MARGIN
 
 
-def test_a_whole_request_is_bounded(pki: PKI, tmp_path: Path) -> None:
-    """REQUEST_TIMEOUT_SECONDS bounds a request whose head and body are each within their own timeouts."""
+def test_a_whole_request_and_an_idle_connection_are_bounded(pki: PKI, tmp_path: Path) -> None:
+    """REQUEST_TIMEOUT_SECONDS bounds a request whose head and body are each within their own
+    timeouts; KEEP_ALIVE_TIMEOUT_SECONDS a connection idle after its answer."""
     running = start_server(
         pki,
         tmp_path / "server.log",
         request_head_timeout_seconds="30",
         request_body_timeout_seconds="30",
         request_timeout_seconds="1",
+        keep_alive_timeout_seconds="1",
     )
     try:
         context, headers = running.credentials("reader")
         slow_head = context.wrap_socket(open_raw(running, "127.0.0.13"), server_hostname="localhost")
         slow_body = context.wrap_socket(open_raw(running, "127.0.0.13"), server_hostname="localhost")
+        idle = keep_alive(running, "127.0.0.13")
         started = time.monotonic()
         slow_body.sendall(request_head(headers, body_length=1000))
         head_seen, head_closed = until_closed(slow_head, 1 + MARGIN, trickle=SLOW_HEAD)
         body_seen, body_closed = until_closed(slow_body, 1 + MARGIN, trickle=b"{" * 100)
-        for sock in (slow_head, slow_body):
+        idle_seen, idle_closed = until_closed(idle, 1 + MARGIN)
+        for sock in (slow_head, slow_body, idle):
             sock.close()
+        assert (idle_seen, idle_closed is not None) == (b"", True), "an idle kept connection outlived its timeout"
         assert head_closed is not None
         assert head_closed - started < 1 + MARGIN
         assert body_closed is not None

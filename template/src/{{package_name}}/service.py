@@ -127,6 +127,7 @@ async def serve(service: Service) -> None:
                 bounds=bounds,
             ),
             ssl_context_factory=lambda _config, _default: tls.listener,
+            timeout_keep_alive=settings.keep_alive_timeout_seconds,
         ),
         tls_handshake_timeout=settings.tls_handshake_timeout_seconds,
     )
