@@ -21,7 +21,9 @@ connection, and with a valid credential a request slot, as long as it likes.
   closed as soon as it is made;
 - an end to every exchange: after a refusal of its own, or an answer the app sent before it
   had the whole body (401 without a token, 413, ...), the connection is closed, and dropped
-  ``CLOSE_GRACE_SECONDS`` later whatever the client still sends;
+  ``CLOSE_GRACE_SECONDS`` later whatever the client still sends; an answer sent before the
+  body is whole says ``Connection: close``, whatever its status, so no client sends another
+  request on a connection about to close;
 - pipelined requests answered in order: a refusal decided while an earlier request is in
   progress is sent after that request's answer, and requests read but not started are
   dropped, never run. No request runs whose answer the client cannot see.
@@ -139,6 +141,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     _timer_reason = ""
     _request_started = 0.0  # loop time of the request's first byte; 0: none armed a timer yet
     _deferred: bytes | None = None  # a refusal's answer, sent once the request in progress is answered
+    _keep_alive = True  # whether the request being read may keep the connection, once its body is whole
+    _draining = False  # uvicorn's shutdown began
 
     # asyncio protocol
 
@@ -230,13 +234,25 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self._over_cap:
             self._refuse("per_address_limit", TOO_MANY_CONNECTIONS)
             raise _StopParsingError
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not before:
+            # An answer sent before the body is whole ends the connection (on_response_complete),
+            # so it must say so: else the client sends its next request on it and gets nothing.
+            self._keep_alive, self.cycle.keep_alive = self.cycle.keep_alive, False
 
     def on_message_complete(self) -> None:
         self._phase = _HEAD
         self._stop_timer()
         self._request_started = 0.0
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started and not self._draining:
+            cycle.keep_alive = self._keep_alive  # the body is whole: the answer may keep the connection
         super().on_message_complete()
+
+    def shutdown(self) -> None:
+        self._draining = True  # uvicorn's shutdown ends keep-alive: on_message_complete must not undo it
+        super().shutdown()
 
     # uvicorn's hooks
 
