@@ -12,7 +12,7 @@ WORKERS ?= 2
 # `make bench` measures each of these auth modes.
 AUTH_MODES ?= mtls oauth mtls+oauth
 
-.PHONY: help demo demo-stop test bench equivalence release clean
+.PHONY: help demo demo-stop test full-suites bench equivalence release clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ test: $(STAMP) ## the template's whole test suite (its own lint, renders, genera
 	$(BIN)/ruff check tests hooks tools
 	$(BIN)/ruff format --check tests hooks tools
 	$(BIN)/pytest -n $(WORKERS) --dist loadgroup
+
+full-suites: $(STAMP) ## every answer combination's whole generated suite with its coverage gate (make test: one per auth mode and architecture)
+	FULL_SUITES=1 $(BIN)/pytest -n $(WORKERS) --dist loadgroup tests/test_generated.py
 
 bench: $(STAMP) ## render a project per auth mode and run its benchmark (bare SDK vs secure stack)
 	for mode in $(AUTH_MODES); do \

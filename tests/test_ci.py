@@ -543,6 +543,11 @@ def test_the_templates_own_workflow_is_pinned_least_privilege_and_lint_clean(def
     assert workflow["permissions"] == {}
     assert workflow["jobs"]["test"]["permissions"] == {"contents": "read"}
     assert "bash .ci/run" in text
+    # make test runs the generated edge tests once per auth mode; this job runs every suite whole.
+    full = workflow["jobs"]["full-suites"]
+    assert full["permissions"] == {"contents": "read"}
+    assert [step["run"] for step in full["steps"] if "run" in step] == ["make full-suites"]
+    assert "FULL_SUITES=1" in (ROOT / "Makefile").read_text()
 
 
 def test_the_template_is_tagged_only_after_its_tests_passed_on_that_commit() -> None:
