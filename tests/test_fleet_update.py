@@ -5,13 +5,18 @@ disk, and clones of it for the team and for each CI run."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import ROOT, UV
 from copier import run_copy
 from test_update import FIX, HEADERS_MODULE, commit_all, git, template_repo
@@ -86,10 +91,25 @@ def template3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return template
 
 
+@functools.cache
+def copy_of(template_tree: str, template: Path) -> Path:
+    """The copy at v1.0.0 of a template whose v1.0.0 has this tree: made once, the same for
+    every test (the fixtures' templates share their v1.0.0)."""
+    copy = Path(tempfile.mkdtemp(prefix="fleet-v1.0.0-")) / "project"
+    atexit.register(shutil.rmtree, copy.parent, True)
+    run_copy(str(template), copy, defaults=True, unsafe=True, vcs_ref="v1.0.0", quiet=True)
+    return copy
+
+
 def project_at_v100(template: Path, destination: Path) -> tuple[Path, Path]:
     """A project copied at v1.0.0 and committed, pushed to a bare ``origin`` beside it."""
     project = destination / "project"
-    run_copy(str(template), project, defaults=True, unsafe=True, vcs_ref="v1.0.0", quiet=True)
+    copy = copy_of(git(template, "rev-parse", "v1.0.0^{tree}").strip(), template)
+    shutil.copytree(copy, project, symlinks=True)
+    answers = project / ".copier-answers.yml"
+    source = yaml.safe_load(answers.read_text())["_src_path"]
+    answers.write_text(answers.read_text().replace(f"_src_path: {source}\n", f"_src_path: {template}\n"))
+    assert yaml.safe_load(answers.read_text())["_src_path"] == str(template)
     commit_all(project, "generated")
     remote = destination / "origin.git"
     subprocess.run(["git", "init", "--quiet", "--bare", str(remote)], check=True)
