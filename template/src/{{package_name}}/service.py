@@ -15,7 +15,6 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 import anyio
@@ -33,7 +32,7 @@ from .observability import Metrics, ops_app
 from .security.audit import AuditLog, RefusalSummaries
 from .security.connections import BoundedHttpProtocol, ConnectionBounds
 from .security.identity import TLSIdentityProtocol
-from .security.listener import Listener
+from .security.listener import Listener, Network
 from .security.policy import CERTIFICATE, Policy
 from .security.tls import ReloadingTLS, TLSFiles
 from .settings import ENV_PREFIX, Settings
@@ -235,7 +234,7 @@ class BoundedServer(uvicorn.Server):
         *,
         bounds: ConnectionBounds,
         tls_handshake_timeout: float,
-        trusted_proxies: Sequence[IPv4Network | IPv6Network] = (),
+        trusted_proxies: Sequence[Network] = (),
         warning_window: float = 10.0,
     ) -> None:
         super().__init__(config)
