@@ -197,10 +197,19 @@ def test_oversized_head_gets_431_without_being_read(bounded: RunningServer) -> N
 
 
 def keep_alive(server: RunningServer, source: str) -> ssl.SSLSocket:
-    """A connection that got one answer and stays open (KEEP_ALIVE_TIMEOUT_SECONDS, 75 s)."""
+    """A connection that got one whole answer and stays open (KEEP_ALIVE_TIMEOUT_SECONDS, 75 s):
+    authenticated, since a request without credentials is refused and its connection ended."""
+    _context, headers = server.credentials("operator")
     sock = open_tls(server, source)
-    sock.sendall(b"GET /nothing HTTP/1.1\r\nhost: localhost\r\n\r\n")
-    assert sock.recv(65536).startswith(b"HTTP/1.1 ")
+    fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    sock.sendall(f"GET /nothing HTTP/1.1\r\nhost: localhost\r\n{fields}\r\n".encode())
+    received = b""
+    while not (found := answers(received)) or len(found[0].body) < int(found[0].headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "closed before the whole answer"
+        received += chunk
+    assert found[0].status == 404
+    assert found[0].headers.get("connection") != "close"
     return sock
 
 

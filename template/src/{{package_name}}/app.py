@@ -12,7 +12,7 @@ Request path, outermost first (the layers in brackets are those of some answers 
                                 check; 400 for a repeated Authorization/Host/... header, 403 for
                                 a client certificate without the clientAuth EKU; every 4xx
                                 counted and audited (aggregated per source, security.audit);
-                                Connection: close on 401, 403, 413 and 429
+                                Connection: close on 400, 401, 403, 413, 429
   [-> PeerGate                  federated: a peer's certificate checked against its own CA and
                                 the allow-list; peers take their own path (no token, own budget)]
   [-> BearerAuth                oauth: bearer JWT, 401/403 + WWW-Authenticate, RFC 9728 metadata]

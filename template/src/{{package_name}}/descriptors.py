@@ -2,13 +2,18 @@
 start a process with a soft ``RLIMIT_NOFILE`` of 1024 under a far higher hard limit, which
 Python never raises itself: at 1024 held connections, ``accept()`` fails and valid callers are
 refused at random. Start-up raises the soft limit to the hard one, which needs no privilege,
-and logs both; a hard limit that is still low is logged as a warning with the fix.
+and logs both; a hard limit that is still low is logged as a warning with the fix. The MCP
+port holds at most the limit less a reserve (``connection_capacity``), so a full table never
+takes the descriptors the server needs for its own work.
 """
 
 from __future__ import annotations
 
 import logging
 import resource
+
+from .errors import ConfigError
+from .settings import ENV_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -37,3 +42,16 @@ def raise_open_file_limit() -> int:
             extra={"soft": soft, "hard": hard, "advised": ADVISED_MINIMUM},
         )
     return soft if soft != resource.RLIM_INFINITY else LINUX_NR_OPEN
+
+
+def connection_capacity(reserve: int) -> int:
+    """Connections the MCP port may hold: the open-file limit less ``reserve``, the descriptors
+    kept for the server's own work (listening sockets, files, key fetches, upstream calls)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = LINUX_NR_OPEN if soft == resource.RLIM_INFINITY else soft
+    if limit - reserve < 1:
+        raise ConfigError(
+            f"{ENV_PREFIX}RESERVED_FILE_DESCRIPTORS: {reserve} leaves no connection under the open-file limit of"
+            f" {limit} (lower it, or raise the container's nofile limit: docs/deployment.md)"
+        )
+    return limit - reserve

@@ -63,6 +63,22 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.accept_failures = Counter(
+            "mcp_accept_failures",
+            "Failed accepts on the MCP port, by error (EMFILE: out of descriptors); accepting resumes shortly.",
+            ["error"],
+            registry=self.registry,
+        )
+        self.connections_open = Gauge(
+            "mcp_connections_open",
+            "Connections on the MCP port, counted from accept (TLS handshakes in progress included).",
+            registry=self.registry,
+        )
+        self.tls_handshakes_in_progress = Gauge(
+            "mcp_tls_handshakes_in_progress",
+            "Connections on the MCP port accepted but not through TLS yet (or their PROXY header).",
+            registry=self.registry,
+        )
         self.requests_shed = Counter(
             "mcp_requests_shed",
             "Authenticated requests answered 503 because MAX_CONCURRENT_REQUESTS were in progress.",

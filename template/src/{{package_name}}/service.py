@@ -8,7 +8,6 @@ happens in ``assemble``, before serving, and raises a ``ConfigError``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import signal
@@ -26,12 +25,14 @@ from starlette.types import ASGIApp
 from uvicorn.config import STARTUP_FAILURE
 
 from .app import create_app
+from .descriptors import connection_capacity
 from .errors import ConfigError
 from .lifecycle import Part
 from .observability import Metrics, ops_app
 from .security.audit import AuditLog, RefusalSummaries
-from .security.connections import ConnectionBounds
+from .security.connections import BoundedHttpProtocol, ConnectionBounds
 from .security.identity import TLSIdentityProtocol
+from .security.listener import Listener, Network
 from .security.policy import CERTIFICATE, Policy
 from .security.tls import ReloadingTLS, TLSFiles
 from .settings import ENV_PREFIX, Settings
@@ -59,6 +60,7 @@ class Service:
     mcp_socket: socket.socket
     ops_socket: socket.socket
     parts: Sequence[Part]
+    max_connections: int  # on the MCP port: the open-file limit less RESERVED_FILE_DESCRIPTORS
 
 
 def assemble(settings: Settings, files: TLSFiles, build: Build) -> Service:
@@ -74,9 +76,10 @@ def assemble(settings: Settings, files: TLSFiles, build: Build) -> Service:
     certificates = {CERTIFICATE} if files.verify_files else set()
     policy.check_callers(certificates.union(*(part.caller_names for part in parts)))
     app = create_app(settings, server, policy, audit, metrics, parts)
+    max_connections = connection_capacity(settings.reserved_file_descriptors)
     mcp_socket = bind(settings.host, settings.port, "HOST", "PORT")
     ops_socket = bind(settings.ops_host, settings.ops_port, "OPS_HOST", "OPS_PORT")
-    return Service(settings, tls, policy, server, app, metrics, audit, mcp_socket, ops_socket, parts)
+    return Service(settings, tls, policy, server, app, metrics, audit, mcp_socket, ops_socket, parts, max_connections)
 
 
 def bind(host: str, port: int, host_setting: str, port_setting: str) -> socket.socket:
@@ -111,9 +114,12 @@ async def serve(service: Service) -> None:
         request_timeout=settings.request_timeout_seconds,
         max_head_bytes=settings.max_request_head_bytes,
         max_per_address=settings.max_connections_per_address,
+        max_open=service.max_connections,
         metrics=metrics,
         audit=service.audit,
     )
+    metrics.connections_open.set_function(lambda: bounds.open_total)
+    metrics.tls_handshakes_in_progress.set_function(lambda: bounds.handshakes)
     # No limit_concurrency: uvicorn's counts idle and unauthenticated connections too, so they
     # could keep every caller out; app.create_app caps authenticated requests instead.
     mcp_server = BoundedServer(
@@ -129,7 +135,10 @@ async def serve(service: Service) -> None:
             ssl_context_factory=lambda _config, _default: tls.listener,
             timeout_keep_alive=settings.keep_alive_timeout_seconds,
         ),
+        bounds=bounds,
         tls_handshake_timeout=settings.tls_handshake_timeout_seconds,
+        trusted_proxies=settings.trusted_proxies,
+        warning_window=settings.audit_refusal_window_seconds,
     )
     mcp_server.config.timeout_graceful_shutdown = settings.shutdown_grace_seconds
 
@@ -213,41 +222,55 @@ async def serve(service: Service) -> None:
 
 
 class BoundedServer(uvicorn.Server):
-    """uvicorn's server on pre-bound sockets, with a bound on the TLS handshake and on the TLS
-    shutdown: uvicorn passes neither to ``create_server``, and asyncio's defaults (60 s, 30 s)
-    let a peer that sends nothing hold a connection that long."""
+    """uvicorn's server on pre-bound sockets, accepting through ``security.listener``: every
+    connection counted from accept (per address and in all), the TLS handshake and the TLS
+    shutdown bounded (uvicorn passes neither timeout to ``create_server``, and asyncio's
+    defaults, 60 s and 30 s, let a peer that sends nothing hold a connection that long), and
+    the PROXY protocol read from trusted proxies."""
 
-    def __init__(self, config: uvicorn.Config, *, tls_handshake_timeout: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        bounds: ConnectionBounds,
+        tls_handshake_timeout: float,
+        trusted_proxies: Sequence[Network] = (),
+        warning_window: float = 10.0,
+    ) -> None:
         super().__init__(config)
-        self.tls_handshake_timeout = tls_handshake_timeout
+        self.bounds, self.tls_handshake_timeout = bounds, tls_handshake_timeout
+        self.trusted_proxies, self.warning_window = trusted_proxies, warning_window
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         if sockets is None:
             raise ValueError("BoundedServer serves pre-bound sockets only (service.bind)")
-        # What uvicorn's Server.startup does for sockets, plus the two timeouts.
+        # What uvicorn's Server.startup does for sockets, with our listener for create_server.
         await self.lifespan.startup()
         if self.lifespan.should_exit:
             sys.exit(STARTUP_FAILURE)
         config = self.config
 
-        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
-            protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
-                config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=_loop
+        def create_protocol() -> BoundedHttpProtocol:
+            protocol: BoundedHttpProtocol = config.http_protocol_class(  # type: ignore[call-arg,assignment]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
             )
             return protocol
 
-        loop = asyncio.get_running_loop()
-        self.servers = [
-            await loop.create_server(
+        listeners = [
+            Listener(
+                sock,
                 create_protocol,
-                sock=sock,
-                ssl=config.ssl,
+                self.bounds,
+                tls=config.ssl,
+                handshake_timeout=self.tls_handshake_timeout,
+                trusted_proxies=self.trusted_proxies,
                 backlog=config.backlog,
-                ssl_handshake_timeout=self.tls_handshake_timeout if config.ssl else None,
-                ssl_shutdown_timeout=self.tls_handshake_timeout if config.ssl else None,
+                warning_window=self.warning_window,
             )
             for sock in sockets
         ]
+        # uvicorn closes and awaits these as asyncio.Server objects: close() and wait_closed().
+        self.servers = listeners  # type: ignore[assignment]
         self.started = True
 
 

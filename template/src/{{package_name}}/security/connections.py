@@ -15,10 +15,11 @@ connection, and with a valid credential a request slot, as long as it likes.
 - a head size limit, counted on each chunk up to the end of the head (``CRLF CRLF``), so the
   same whatever the write pattern: beyond ``max_head_bytes`` the answer is 431 before the
   rest is parsed;
-- a per-address cap: beyond ``max_per_address`` open connections from one peer address, a
-  new one is answered 503 with ``Retry-After`` once its request head is in (it gets
-  ``CLOSE_GRACE_SECONDS`` to send it, and no request of it runs); beyond twice the cap it is
-  closed as soon as it is made;
+- a per-address cap, counted from accept (``security.listener``, which also caps connections
+  in all): beyond ``max_per_address`` connections from one address, a new one is answered 503
+  with ``Retry-After`` once through TLS and its request head is in (it gets
+  ``CLOSE_GRACE_SECONDS`` to send it, and no request of it runs); beyond twice the cap the
+  listener closes it before TLS;
 - an end to every exchange: after a refusal of its own, or an answer the app sent before it
   had the whole body (401 without a token, 413, ...), the connection is closed, and dropped
   ``CLOSE_GRACE_SECONDS`` later whatever the client still sends; an answer sent before the
@@ -30,7 +31,7 @@ connection, and with a valid credential a request slot, as long as it likes.
 
 Each refusal is counted (``mcp_connections_refused_total``) and audited (aggregated per
 address and reason, ``security.audit.RefusalAudit``), as are the 400s for unparseable HTTP.
-The TLS handshake and the TLS close are bounded in ``service.BoundedServer``.
+The TLS handshake and the TLS close are bounded in ``security.listener``.
 
 The checks run on each chunk (a ``find`` for the end of a head, a few attribute reads) and
 allocate nothing for a request whose head arrives in one chunk; timers are armed only when a
@@ -108,16 +109,38 @@ class _StopParsingError(Exception):
 @dataclass(eq=False)
 class ConnectionBounds:
     """The limits, with where refusals are counted and audited. One per listening port: the
-    per-address counts live here."""
+    connection counts live here, kept by ``security.listener`` from accept on."""
 
     head_timeout: float
     body_timeout: float
     request_timeout: float
     max_head_bytes: int
     max_per_address: int
+    max_open: int  # connections in all (the open-file limit less RESERVED_FILE_DESCRIPTORS)
     metrics: Metrics
     audit: AuditLog
     open_by_address: Counter[str] = field(default_factory=Counter)
+    open_total: int = 0
+    handshakes: int = 0  # connections accepted whose TLS handshake (or PROXY header) is not done
+
+    def admit(self, address: str) -> bool | None:
+        """Count a connection from ``address``: False within its cap, True beyond it (answered
+        503 once through TLS), None beyond twice the cap (refused: not counted)."""
+        open_now = self.open_by_address[address]
+        if open_now >= 2 * self.max_per_address:
+            return None
+        self.open_by_address[address] = open_now + 1
+        return open_now >= self.max_per_address
+
+    def closed(self, address: str | None) -> None:
+        """A connection counted from accept (and against ``address``, if given) is gone."""
+        self.open_total -= 1
+        if address is not None:
+            remaining = self.open_by_address[address] - 1
+            if remaining > 0:
+                self.open_by_address[address] = remaining
+            else:
+                del self.open_by_address[address]  # no entry per address ever seen
 
     def refused(self, reason: str, client_ip: str | None) -> None:
         self.metrics.record_connection_refusal(reason)
@@ -130,7 +153,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     bounds: ClassVar[ConnectionBounds]
     # Per connection; class attributes until first set, so a connection allocates none of them.
-    _address: str | None = None  # counted in bounds.open_by_address while set
+    _client: tuple[str, int] | None = None  # from accept: the peer, or the client a trusted proxy named
+    _address: str | None = None  # counted in bounds (open_total, open_by_address) while set
     _over_cap = False  # beyond the per-address cap: its request head gets 503
     _phase = _HEAD
     _head_bytes = 0  # of the head being read (leading empty lines included)
@@ -146,34 +170,31 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     # asyncio protocol
 
+    def accepted(self, client: tuple[str, int], *, over_cap: bool) -> None:
+        """At accept (``security.listener``): the connection is from ``client`` (the peer, or
+        the client a trusted proxy named), counted in ``bounds`` until ``release``."""
+        self._client, self._address, self._over_cap = client, client[0], over_cap
+
+    def release(self) -> None:
+        """Uncount the connection: when it is lost, or its handshake failed (once only)."""
+        if self._address is not None:
+            self.bounds.closed(self._address)
+            self._address = None
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        bounds = self.bounds
-        address = self.client[0] if self.client else None
-        if address is not None:
-            open_now = bounds.open_by_address[address]
-            if open_now >= 2 * bounds.max_per_address:
-                self._refuse("per_address_limit")  # past even the answered refusals: closed at once
-                return
-            bounds.open_by_address[address] = open_now + 1
-            self._address = address
-            if open_now >= bounds.max_per_address:
-                self._over_cap = True
-                self._timer_reason = "per_address_limit"
-                self._timer = self.loop.call_later(CLOSE_GRACE_SECONDS, self._timed_out)
-                return
-        self._arm(bounds.head_timeout, "head_timeout")
+        if self._client is not None:
+            self.client = self._client  # what the scope, the refusal budget and the audit see
+        if self._over_cap:
+            self._timer_reason = "per_address_limit"
+            self._timer = self.loop.call_later(CLOSE_GRACE_SECONDS, self._timed_out)
+            return
+        self._arm(self.bounds.head_timeout, "head_timeout")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._phase = _ENDED
         self._stop_timer()
-        if self._address is not None:
-            remaining = self.bounds.open_by_address[self._address] - 1
-            if remaining > 0:
-                self.bounds.open_by_address[self._address] = remaining
-            else:
-                del self.bounds.open_by_address[self._address]  # no entry per address ever seen
-            self._address = None
+        self.release()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:

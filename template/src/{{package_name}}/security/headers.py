@@ -15,9 +15,10 @@ server the first would disagree about who is calling or where. With mutual TLS i
 with 403, a client certificate without the clientAuth extended key usage (``security.identity``
 marks it at the handshake).
 
-A refusal that ends the exchange (401, 403, 413, 429) carries ``Connection: close``: the
-client gets no more requests on that connection, and ``security.connections`` drops it if the
-client keeps sending."""
+A refusal that ends the exchange (400, 401, 403, 413, 429) carries ``Connection: close``: the
+client sends no more requests on that connection (one answered before its whole body is closed
+then, and a client that was not told would reuse it and fail), and ``security.connections``
+drops it if the client keeps sending."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ _UNAUDITED = frozenset({STREAM_NOT_OFFERED, NO_METADATA})
 # Refusals that end the exchange: the connection closes after the answer (security.connections
 # drops it if the client keeps sending), so a refused client cannot keep it for more requests
 # or for the rest of a body it was not asked for.
-ENDS_EXCHANGE = frozenset({401, 403, 413, 429})
+ENDS_EXCHANGE = frozenset({400, 401, 403, 413, 429})
 CONNECTION_CLOSE = (b"connection", b"close")
 # A caller-chosen id is kept for correlation only when it cannot smuggle anything into logs.
 _SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
