@@ -40,6 +40,7 @@ EDGE_TESTS = (
     "test_reload.py",
     "test_shutdown.py",
     "test_client_certificates.py",
+    "test_listener.py",
 )
 WHOLE = {("mtls", "standalone"), ("oauth", "hub-and-spoke"), ("mtls+oauth", "federated")}
 FULL_SUITES = os.environ.get("FULL_SUITES") == "1"
