@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -161,6 +162,24 @@ def test_benchmark_prints_the_comparison_table(installed: Path) -> None:
     assert "secure/bare calls/s" in result.stdout
     assert "audit events written by the secure server: " in result.stdout
     assert not result.stdout.rstrip().endswith("server: 0")
+
+
+def test_benchmark_soak_reports_the_servers_memory(installed: Path) -> None:
+    answers = yaml.safe_load((installed / ".copier-answers.yml").read_text())
+    if answers["auth_mode"] != "mtls+oauth" or answers["architecture"] != "standalone":
+        return  # one project is enough: the soak is the same code in every mode
+    venv = project_venv(installed)
+    soak = ["--soak", "6", "--soak-warmup", "2", "--soak-every", "2", "--soak-clients", "4", "--tracemalloc", "4"]
+    result = run_in(installed, venv, "python", "scripts/bench.py", *soak)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if re.match(r"\| [246] \| [\d,]+ \| [\d.]+ \| [+-]", line)]
+    assert len(rows) == 3, result.stdout
+    assert re.search(
+        r"RSS after the warm-up \(2 s\): [\d.]+ MB; at the end \(6 s\): [\d.]+ MB; growth [+-][\d.]+ % "
+        r"\([+-][\d,]+ kB, [+-][\d.]+ bytes per call over [\d,]+ calls\)",
+        result.stdout,
+    ), result.stdout
+    assert "traced Python memory: " in result.stdout, result.stdout
 
 
 def relayed_whoami(

@@ -19,7 +19,10 @@ costs us something (a forged, expired or foreign token, a malformed message, a r
 Origin, a bad certificate) still spends.
 
 The budget is a GCRA (generic cell rate algorithm): one float per address, the time its budget
-would be full again. The least recently refused addresses are forgotten beyond ``max_sources``.
+would be full again. The table is bounded by size and by age: the least recently refused
+addresses are forgotten beyond ``max_sources``, and an address whose budget is full again is
+forgotten within a window (looked for once per window, from the least recently refused on), so
+after a flood the table empties and requests go back to the no-lookup path.
 An IPv6 address counts by its /64, the block one host is usually given.
 """
 
@@ -56,25 +59,39 @@ class RefusalBudget:
         self.tolerance = WINDOW_SECONDS - self.interval  # how far ahead the budget may be spent
         self.max_sources = max_sources
         self.clock = clock
-        self._full_at: OrderedDict[str, float] = OrderedDict()
+        self._full_at: OrderedDict[str, float] = OrderedDict()  # least recently refused first
+        self._sweep_at = 0.0
 
     def retry_after(self, address: str | None) -> float:
         """0 when requests from ``address`` may go ahead, else seconds until they may."""
         if not self._full_at:
             return 0.0
+        now = self.clock()
+        if now >= self._sweep_at:
+            self._forget_full(now)
         full_at = self._full_at.get(source_of(address))
         if full_at is None:
             return 0.0
-        return max(full_at - self.clock() - self.tolerance, 0.0)
+        return max(full_at - now - self.tolerance, 0.0)
 
     def spend(self, address: str | None) -> None:
         """A request from ``address`` was refused."""
         source = source_of(address)
         now = self.clock()
+        if now >= self._sweep_at:
+            self._forget_full(now)
         full_at = self._full_at.pop(source, now)
         self._full_at[source] = max(full_at, now) + self.interval
         if len(self._full_at) > self.max_sources:
             self._full_at.popitem(last=False)
+
+    def _forget_full(self, now: float) -> None:
+        """Forget the addresses whose budget is full again, least recently refused first, up to
+        the first one still refilling: those after it were refused later, and go at a later sweep."""
+        self._sweep_at = now + WINDOW_SECONDS
+        full_at = self._full_at
+        while full_at and next(iter(full_at.values())) <= now:
+            full_at.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._full_at)

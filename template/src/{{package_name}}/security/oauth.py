@@ -5,7 +5,9 @@ token names a key it does not know (at most once per ``min_refresh`` seconds, so
 ids cannot hammer the issuer), and kept when the issuer cannot be reached.
 ``TokenVerifier`` checks a bearer JWT (allowed asymmetric algorithms only, signature, ``exp``,
 ``nbf``, ``iat``, exact ``iss``, ``aud`` = this server's resource URI per RFC 8707) and caches
-the result until the token expires, so a client's repeated calls cost one hash and one lookup.
+the result until the token expires, so a client's repeated calls cost one hash and one lookup
+(at most ``max_tokens`` tokens, the first seen forgotten first; expired ones are dropped once a
+minute, when a new token arrives).
 ``BearerAuth`` is the HTTP layer: 401/403 with ``WWW-Authenticate`` as RFC 6750 and RFC 9728
 describe, the Protected Resource Metadata document, certificate-bound tokens (RFC 8705), and
 the token removed from the request before anything else sees it (no token passthrough).
@@ -47,6 +49,8 @@ CLIENT_ID_CLAIMS = ("client_id", "azp", "appid", "cid")
 # Until the first key set arrives the server is not ready; it asks the issuer this often.
 FIRST_FETCH_RETRY_SECONDS = 2.0
 _CACHE_LIMIT = 10_000
+# How often the verified-token cache drops expired tokens (on the arrival of a new token).
+_CACHE_SWEEP_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +232,7 @@ class TokenVerifier:
         algorithms: Iterable[str],
         leeway: float,
         clock: Callable[[], float] = time.time,
+        max_tokens: int = _CACHE_LIMIT,
     ) -> None:
         self.jwks = jwks
         self.issuer = issuer
@@ -235,7 +240,9 @@ class TokenVerifier:
         self.algorithms = frozenset(algorithms)
         self.leeway = leeway
         self.clock = clock
-        self._grants: dict[bytes, Grant] = {}
+        self.max_tokens = max_tokens
+        self._grants: dict[bytes, Grant] = {}  # first seen first
+        self._sweep_at = 0.0
 
     async def verify(self, token: str) -> TokenClaims:
         key = hashlib.sha256(token.encode()).digest()
@@ -245,13 +252,24 @@ class TokenVerifier:
                 return grant.claims
             del self._grants[key]
         grant = await self._verify(token)
-        if len(self._grants) >= _CACHE_LIMIT:
-            now = self.clock()
-            self._grants = {k: g for k, g in self._grants.items() if g.expires_at > now}
-            if len(self._grants) >= _CACHE_LIMIT:
-                self._grants.clear()
-        self._grants[key] = grant
+        self._remember(key, grant)
         return grant.claims
+
+    def _remember(self, key: bytes, grant: Grant) -> None:
+        """Cache a grant: expired ones are dropped at most once per ``_CACHE_SWEEP_SECONDS``,
+        and beyond ``max_tokens`` the first seen."""
+        grants, now = self._grants, self.clock()
+        if now >= self._sweep_at:
+            self._sweep_at = now + _CACHE_SWEEP_SECONDS
+            self._grants = grants = {k: g for k, g in grants.items() if g.expires_at > now}
+        while len(grants) >= self.max_tokens:
+            del grants[next(iter(grants))]
+        grants[key] = grant
+
+    @property
+    def cached(self) -> int:
+        """Tokens in the verified-token cache."""
+        return len(self._grants)
 
     async def _verify(self, token: str) -> Grant:
         try:

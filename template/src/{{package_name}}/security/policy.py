@@ -7,6 +7,10 @@ shell-style (``*``, ``?``, ``[...]``); ``*`` also crosses ``/``. When only scope
 missing, the decision names them (for the audit trail); what an OAuth client is told to ask
 for (step-up) is ``grantable_scopes``, the same whatever tool it asked for.
 
+Decisions are cached per caller and tool, in tables bounded by size and by age: at most
+``_CACHE_LIMIT`` entries, all forgotten when full or ``_CACHE_SECONDS`` old (looked at on a
+miss only); a tool name longer than MCP allows (a caller's invention) is decided uncached.
+
 At start-up, ``check_callers`` refuses a principal pattern that no caller of this server can
 ever match: a token name (``sub:``, ``client_id:``) where no bearer token is taken, or a
 certificate name (``spiffe://...``, ``dns:``, ``cn:``) where no client presents a certificate.
@@ -18,11 +22,12 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import time
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -33,6 +38,8 @@ Pattern = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
 # RFC 6749 section 3.3 scope-token characters.
 Scope = Annotated[str, StringConstraints(pattern=r"^[\x21\x23-\x5b\x5d-\x7e]+$")]
 _CACHE_LIMIT = 10_000
+_CACHE_SECONDS = 3600.0
+_CACHED_TOOL_NAME = 128  # MCP's longest tool name
 # The kinds of name a caller can have (security.identity.Principal.names).
 CERTIFICATE, TOKEN = "certificate", "token"
 _TOKEN_PREFIXES = ("sub:", "client_id:")
@@ -90,8 +97,10 @@ _HOW_TO_NAME = {
 
 
 class Policy:
-    def __init__(self, document: PolicyDocument, source: Path | None = None) -> None:
-        self.document, self.source = document, source
+    def __init__(
+        self, document: PolicyDocument, source: Path | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.document, self.source, self.clock = document, source, clock
         self.rules = [
             (_compile(rule.principals), _compile(rule.tools), frozenset(rule.scopes)) for rule in document.allow
         ]
@@ -99,6 +108,7 @@ class Policy:
         self.scopes = sorted({scope for rule in document.allow for scope in rule.scopes})
         self._decisions: dict[tuple[tuple[str, ...], frozenset[str], str], Decision] = {}
         self._grantable: dict[tuple[tuple[str, ...], frozenset[str]], tuple[str, ...]] = {}
+        self._forget_at = clock() + _CACHE_SECONDS
 
     @classmethod
     def load(cls, path: Path) -> Policy:
@@ -135,10 +145,23 @@ class Policy:
         decision = self._decisions.get(key)
         if decision is None:
             decision = self._decide(principal.names, principal.scopes, tool)
-            if len(self._decisions) >= _CACHE_LIMIT:
-                self._decisions.clear()
-            self._decisions[key] = decision
+            if len(tool) <= _CACHED_TOOL_NAME:
+                self._make_room(self._decisions)
+                self._decisions[key] = decision
         return decision
+
+    def _make_room(self, cache: dict[Any, Any]) -> None:
+        """Forget every cached answer when they are ``_CACHE_SECONDS`` old, or this cache's when it is full."""
+        if self.clock() >= self._forget_at:
+            self._decisions.clear()
+            self._grantable.clear()
+            self._forget_at = self.clock() + _CACHE_SECONDS
+        elif len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+
+    def cached(self) -> int:
+        """Answers cached."""
+        return len(self._decisions) + len(self._grantable)
 
     def _decide(self, names: tuple[str, ...], granted: frozenset[str], tool: str) -> Decision:
         fewest_missing: frozenset[str] | None = None
@@ -166,8 +189,7 @@ class Policy:
                 if any(principals.fullmatch(name) for name in principal.names):
                     lacking |= scopes - principal.scopes
             grantable = tuple(sorted(lacking))
-            if len(self._grantable) >= _CACHE_LIMIT:
-                self._grantable.clear()
+            self._make_room(self._grantable)
             self._grantable[key] = grantable
         return grantable
 

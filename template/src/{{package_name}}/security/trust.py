@@ -19,7 +19,8 @@ leaves every other caller to the clients' path.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from .audit import AuditLog
 from .identity import certificate_principal, client_ip
 
 _CACHE_LIMIT = 1024
+_CACHE_SECONDS = 3600.0  # verdicts are forgotten this old (rotated certificates), or when full
 _UNSEEN = object()
 
 
@@ -81,12 +83,14 @@ def load_authorities(ca_files: Mapping[str, Path]) -> dict[str, x509.Certificate
 class PeerTrust:
     """The allow-list and trust bundle of the federation, and the decision for one certificate."""
 
-    def __init__(self, peers: Mapping[str, Peer], own: str) -> None:
+    def __init__(self, peers: Mapping[str, Peer], own: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.peers = dict(peers)
         self.own = own
+        self.clock = clock
         self._by_issuer = {peer.ca.subject: peer for peer in peers.values()}
         self._by_domain = {peer.trust_domain: peer for peer in peers.values()}
         self._verdicts: dict[bytes, object] = {}
+        self._forget_at = clock() + _CACHE_SECONDS
 
     @classmethod
     def load(cls, ids: Mapping[str, str], ca_files: Mapping[str, Path], own: str) -> PeerTrust:
@@ -103,8 +107,9 @@ class PeerTrust:
         """``decide``, remembered per certificate: a connection's requests share one."""
         verdict = self._verdicts.get(der, _UNSEEN)
         if verdict is _UNSEEN:
-            if len(self._verdicts) >= _CACHE_LIMIT:
+            if len(self._verdicts) >= _CACHE_LIMIT or self.clock() >= self._forget_at:
                 self._verdicts.clear()
+                self._forget_at = self.clock() + _CACHE_SECONDS
             verdict = self._verdicts[der] = self.decide(der)
         return verdict  # type: ignore[return-value]
 
