@@ -45,7 +45,7 @@ demo-stop: ## stop the demo server
 test: $(STAMP) ## the template's whole test suite (its own lint, renders, generated tests, linters)
 	$(BIN)/ruff check tests hooks tools
 	$(BIN)/ruff format --check tests hooks tools
-	$(BIN)/pytest -n $(WORKERS) --dist loadgroup
+	$(BIN)/pytest -n $(WORKERS) --dist loadgroup --durations=25
 
 full-suites: $(STAMP) ## every answer combination's whole generated suite with its coverage gate (make test: one per auth mode and architecture)
 	FULL_SUITES=1 $(BIN)/pytest -n $(WORKERS) --dist loadgroup tests/test_generated.py
