@@ -6,7 +6,6 @@ disk, and clones of it for the team and for each CI run."""
 from __future__ import annotations
 
 import atexit
-import functools
 import os
 import re
 import shutil
@@ -91,22 +90,27 @@ def template3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return template
 
 
-@functools.cache
-def copy_of(template_tree: str, template: Path) -> Path:
-    """The copy at v1.0.0 of a template whose v1.0.0 has this tree: made once, the same for
-    every test (the fixtures' templates share their v1.0.0)."""
-    copy = Path(tempfile.mkdtemp(prefix="fleet-v1.0.0-")) / "project"
-    atexit.register(shutil.rmtree, copy.parent, True)
-    run_copy(str(template), copy, defaults=True, unsafe=True, vcs_ref="v1.0.0", quiet=True)
-    return copy
+# The copies at v1.0.0, by the tree of the template's v1.0.0: the fixtures' templates build the
+# same v1.0.0 from this working tree (in commits of their own), so one copy serves them all.
+COPIES_AT_V100: dict[str, Path] = {}
+
+
+def copy_at_v100(template: Path) -> Path:
+    """The copy at v1.0.0 of ``template``: made once per v1.0.0 tree, the same for every test."""
+    tree = git(template, "rev-parse", "v1.0.0^{tree}").strip()
+    if tree not in COPIES_AT_V100:
+        copy = Path(tempfile.mkdtemp(prefix="fleet-v1.0.0-")) / "project"
+        atexit.register(shutil.rmtree, copy.parent, True)
+        run_copy(str(template), copy, defaults=True, unsafe=True, vcs_ref="v1.0.0", quiet=True)
+        COPIES_AT_V100[tree] = copy
+    return COPIES_AT_V100[tree]
 
 
 def project_at_v100(template: Path, destination: Path) -> tuple[Path, Path]:
     """A project copied at v1.0.0 and committed, pushed to a bare ``origin`` beside it."""
     project = destination / "project"
-    copy = copy_of(git(template, "rev-parse", "v1.0.0^{tree}").strip(), template)
-    shutil.copytree(copy, project, symlinks=True)
-    answers = project / ".copier-answers.yml"
+    shutil.copytree(copy_at_v100(template), project, symlinks=True)
+    answers = project / ".copier-answers.yml"  # the copy may be of another fixture's template
     source = yaml.safe_load(answers.read_text())["_src_path"]
     answers.write_text(answers.read_text().replace(f"_src_path: {source}\n", f"_src_path: {template}\n"))
     assert yaml.safe_load(answers.read_text())["_src_path"] == str(template)
