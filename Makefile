@@ -2,6 +2,8 @@
 # `make test` takes kubectl and Node.js with npm from the wheels pinned in the `tools` group of
 # pyproject.toml (tests/support/pinned_tools.py installs them into .cache), never the system's.
 PYTHON ?= python3
+# Tools the tests start keep their bytecode (tests/conftest.py says why).
+unexport PYTHONDONTWRITEBYTECODE
 VENV := .venv
 BIN := $(VENV)/bin
 UV := $(abspath $(BIN)/uv)

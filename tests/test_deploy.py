@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -685,14 +686,22 @@ DEFECTS = {
 }
 
 
+@pytest.fixture(scope="module")
+def locked_default(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The defaults after `make lock`: each planted defect breaks a copy of it."""
+    project = render(tmp_path_factory.mktemp("defects") / "project")
+    lock = make(project, "lock")
+    assert lock.returncode == 0, lock.stderr[-3000:]
+    return project
+
+
 @pytest.mark.parametrize(
     "defect",
     [pytest.param(name, marks=pytest.mark.xdist_group(f"deploy-defect-{name}")) for name in DEFECTS],
 )
-def test_the_gate_fails_on_a_planted_defect(defect: str, tmp_path: Path) -> None:
+def test_the_gate_fails_on_a_planted_defect(defect: str, locked_default: Path, tmp_path: Path) -> None:
     file, hardened, broken, target, expected = DEFECTS[defect]
-    project = render(tmp_path / "broken")
-    assert make(project, "lock").returncode == 0
+    project = Path(shutil.copytree(locked_default, tmp_path / "broken", symlinks=True))
     path = project / file
     assert hardened in path.read_text()
     path.write_text(path.read_text().replace(hardened, broken))
