@@ -79,8 +79,10 @@ def test_foreign_origin_is_refused_and_audited(server: RunningServer, http: http
     assert event["client_ip"] == "127.0.0.1"
 
 
-def test_foreign_host_is_refused(http: httpx2.Client) -> None:
-    response = http.post("/mcp", headers={**MCP_HEADERS, "host": "rebound.attacker.example"}, json=call("whoami"))
+@pytest.mark.parametrize("body", [json.dumps(call("whoami")).encode(), b"not json", b'{"jsonrpc": "2.0"}'])
+def test_foreign_host_is_refused(http: httpx2.Client, body: bytes) -> None:
+    """Whatever the body: the JSON-RPC checks read it first, but a foreign Host is the SDK's to answer."""
+    response = http.post("/mcp", headers={**MCP_HEADERS, "host": "rebound.attacker.example"}, content=body)
     assert response.status_code == 421
 
 

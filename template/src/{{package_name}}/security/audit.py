@@ -42,6 +42,8 @@ REFUSAL_WINDOW_SECONDS = 10.0
 REFUSAL_LINES_PER_WINDOW = 100
 _REFUSAL_SOURCES = 10_000  # windows kept open at most; the oldest is written out beyond
 OVERFLOW = "refusal_overflow"
+# One encoder for every line (json.dumps with options builds a new one each call).
+_encode = json.JSONEncoder(default=str, separators=(",", ":")).encode
 
 
 class AuditLog:
@@ -58,7 +60,7 @@ class AuditLog:
         """Write the event; returns its timestamp."""
         ts = datetime.now(UTC).isoformat()
         line = {"ts": ts, "log_type": "audit", "event": event, **fields}
-        self._stream.write(json.dumps(line, default=str, separators=(",", ":")) + "\n")
+        self._stream.write(_encode(line) + "\n")
         self._stream.flush()
         return ts
 

@@ -62,10 +62,10 @@ def _error_body(code: int, message: str, request_id: object = None) -> bytes:
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    if len(keys) != len(set(keys)):
+    result = dict(pairs)
+    if len(result) != len(pairs):
         raise _DuplicateKeyError("duplicate key")
-    return dict(pairs)
+    return result
 
 
 def _reject_constant(_: str) -> None:
@@ -104,9 +104,15 @@ def check(body: bytes) -> tuple[int, str, str, object] | None:
     return None
 
 
+def _with_status(refusal: tuple[int, str, str, object] | None) -> tuple[int, int, str, str, object] | None:
+    """A refusal of ``check`` with its HTTP status (400)."""
+    return None if refusal is None else (400, *refusal)
+
+
 class JsonRpcGate:
     """Checks every ``POST /mcp`` body (at most ``max_body`` bytes, else 413) before the SDK.
-    A request the SDK's Host and Origin checks refuse goes to the SDK unread, for its 421/403."""
+    A request the SDK's Host and Origin checks refuse goes to the SDK, for its 421/403, whatever
+    its body."""
 
     def __init__(
         self, app: ASGIApp, *, path: str, max_body: int, security: TransportSecuritySettings, metrics: Metrics
@@ -121,21 +127,21 @@ class JsonRpcGate:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path or not _is_json(scope):
             await self.app(scope, receive, send)
             return
-        if await self.security.validate_request(Request(scope), is_post=True) is not None:
-            await self.app(scope, receive, send)
-            return
         try:
             body = await self._body(receive)
         except _DisconnectedError:
             return  # the client left, or its body was too slow (security.connections): nobody to answer
-        if body is None:
-            await self._refuse(scope, send, 413, INVALID_REQUEST, "Request body too large", "body_too_large", None)
+        refusal = (
+            (413, INVALID_REQUEST, "Request body too large", "body_too_large", None)
+            if body is None
+            else _with_status(check(body))
+        )
+        # Only a request about to be refused pays for the SDK's Host and Origin checks here (the
+        # SDK runs them again on every request it gets): one they fail is the SDK's to answer.
+        if refusal is not None and await self.security.validate_request(Request(scope), is_post=True) is None:
+            await self._refuse(scope, send, *refusal)
             return
-        refusal = check(body)
-        if refusal is not None:
-            code, text, reason, request_id = refusal
-            await self._refuse(scope, send, 400, code, text, reason, request_id)
-            return
+        body = body or b""
         replayed = False
 
         async def replay() -> Message:

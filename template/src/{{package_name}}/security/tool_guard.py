@@ -77,12 +77,15 @@ class ToolGuard:
             label = await self._metric_label(tool, refresh=False)
             self.metrics.record_tool_call(label, "deny", "denied")
             raise RefusedError(INVALID_PARAMS, "Unknown tool or not permitted")
-        label = await self._metric_label(tool, refresh=True)
+        known = self._known_tools
+        label = tool if known is not None and tool in known else await self._metric_label(tool, refresh=True)
         started = time.perf_counter()
         outcome = "error"
         try:
-            result = _in_our_words(tool, await call_next(ctx))
-            outcome = "error" if _is_error(result) else "ok"
+            result = await call_next(ctx)
+            if _is_error(result):
+                return _in_our_words(tool, result)
+            outcome = "ok"
             return result
         finally:
             latency = time.perf_counter() - started
@@ -109,11 +112,10 @@ class ToolGuard:
 
 
 def _in_our_words(tool: str, result: HandlerResult) -> HandlerResult:
-    """The SDK reports bad arguments as a tool error ``Error executing tool <name>: <pydantic's
-    validation text>`` (class names, pydantic version, the input echoed), and a crash as
-    ``Error executing tool <name>``: replace both. A tool's own ``ToolError`` text stays."""
-    if not _is_error(result):
-        return result
+    """A tool error in our words. The SDK reports bad arguments as ``Error executing tool
+    <name>: <pydantic's validation text>`` (class names, pydantic version, the input echoed),
+    and a crash as ``Error executing tool <name>``: replace both. A tool's own ``ToolError``
+    text stays."""
     content = result.content if isinstance(result, CallToolResult) else result.get("content")  # type: ignore[union-attr]
     first = content[0] if isinstance(content, list) and content else None
     text = first.text if isinstance(first, TextContent) else first.get("text") if isinstance(first, dict) else None
