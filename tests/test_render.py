@@ -72,9 +72,10 @@ def lint_failures(path: Path) -> list[str]:
 
 def test_rendered_markdown_passes_the_linter_and_has_no_glued_heading(rendered: tuple[Path, dict[str, Any]]) -> None:
     project, _ = rendered
-    assert [failure for path in markdown_files(project) for failure in lint_failures(path)] == []
+    paths = markdown_files(project)
+    assert [failure for path in paths for failure in lint_failures(path)] == []
     glued = []
-    for path in markdown_files(project):
+    for path in paths:
         fenced = False
         for number, line in enumerate(path.read_text().splitlines(), 1):
             fenced ^= line.lstrip().startswith("```")

@@ -24,10 +24,15 @@ ADVISED_MINIMUM = 65536
 LINUX_NR_OPEN = 1 << 20
 
 
-def raise_open_file_limit() -> int:
-    """Raise the soft open-file limit to the hard limit; return the limit now in force."""
+def _counted(limit: int) -> int:
+    """A limit as a number of descriptors: "unlimited" is what Linux allows at most."""
+    return LINUX_NR_OPEN if limit == resource.RLIM_INFINITY else limit
+
+
+def raise_open_file_limit() -> None:
+    """Raise the soft open-file limit to the hard limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = LINUX_NR_OPEN if hard == resource.RLIM_INFINITY else hard
+    wanted = _counted(hard)
     if soft != resource.RLIM_INFINITY and soft < wanted:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
@@ -41,14 +46,12 @@ def raise_open_file_limit() -> int:
             "open-file limit is low: raise the container's nofile limit (docs/deployment.md)",
             extra={"soft": soft, "hard": hard, "advised": ADVISED_MINIMUM},
         )
-    return soft if soft != resource.RLIM_INFINITY else LINUX_NR_OPEN
 
 
 def connection_capacity(reserve: int) -> int:
     """Connections the MCP port may hold: the open-file limit less ``reserve``, the descriptors
     kept for the server's own work (listening sockets, files, key fetches, upstream calls)."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    limit = LINUX_NR_OPEN if soft == resource.RLIM_INFINITY else soft
+    limit = _counted(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     if limit - reserve < 1:
         raise ConfigError(
             f"{ENV_PREFIX}RESERVED_FILE_DESCRIPTORS: {reserve} leaves no connection under the open-file limit of"

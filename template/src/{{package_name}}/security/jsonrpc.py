@@ -104,9 +104,9 @@ def check(body: bytes) -> tuple[int, str, str, object] | None:
     return None
 
 
-def _with_status(refusal: tuple[int, str, str, object] | None) -> tuple[int, int, str, str, object] | None:
-    """A refusal of ``check`` with its HTTP status (400)."""
-    return None if refusal is None else (400, *refusal)
+# What the gate answers: HTTP status, JSON-RPC code, message, audit reason, id to answer.
+_Refusal = tuple[int, int, str, str, object]
+_TOO_LARGE: _Refusal = (413, INVALID_REQUEST, "Request body too large", "body_too_large", None)
 
 
 class JsonRpcGate:
@@ -131,11 +131,11 @@ class JsonRpcGate:
             body = await self._body(receive)
         except _DisconnectedError:
             return  # the client left, or its body was too slow (security.connections): nobody to answer
-        refusal = (
-            (413, INVALID_REQUEST, "Request body too large", "body_too_large", None)
-            if body is None
-            else _with_status(check(body))
-        )
+        if body is None:
+            refusal: _Refusal | None = _TOO_LARGE
+        else:
+            checked = check(body)
+            refusal = None if checked is None else (400, *checked)
         # Only a request about to be refused pays for the SDK's Host and Origin checks here (the
         # SDK runs them again on every request it gets): one they fail is the SDK's to answer.
         if refusal is not None and await self.security.validate_request(Request(scope), is_post=True) is None:

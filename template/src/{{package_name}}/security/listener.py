@@ -125,13 +125,17 @@ class Listener:
         when the address is beyond twice its cap (the connection is closed)."""
         over_cap = self.bounds.admit(client[0])
         if over_cap is None:
-            conn.close()
-            self.bounds.closed(None)
-            self.bounds.refused("per_address_limit", client[0])
+            self._drop(conn, "per_address_limit", client[0])
             return None
         protocol = self.protocol_factory()
         protocol.accepted(client, over_cap=over_cap)
         return protocol
+
+    def _drop(self, conn: socket.socket, reason: str, address: str) -> None:
+        """Close a counted connection before TLS, refused for ``reason``."""
+        conn.close()
+        self.bounds.closed(None)
+        self.bounds.refused(reason, address)
 
     async def _proxied(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         """Read the PROXY header from a trusted proxy, then go on as for a client of its own."""
@@ -140,9 +144,7 @@ class Listener:
             async with asyncio.timeout(self.handshake_timeout):
                 client = await read_header(conn)
         except (ProxyHeaderError, OSError) as exc:  # TimeoutError is an OSError
-            conn.close()
-            self.bounds.closed(None)
-            self.bounds.refused("proxy_header", peer[0])
+            self._drop(conn, "proxy_header", peer[0])
             log.debug("PROXY header refused", extra={"peer": peer[0], "error": str(exc) or type(exc).__name__})
             return
         finally:

@@ -77,8 +77,7 @@ class ToolGuard:
             label = await self._metric_label(tool, refresh=False)
             self.metrics.record_tool_call(label, "deny", "denied")
             raise RefusedError(INVALID_PARAMS, "Unknown tool or not permitted")
-        known = self._known_tools
-        label = tool if known is not None and tool in known else await self._metric_label(tool, refresh=True)
+        label = await self._metric_label(tool, refresh=True)
         started = time.perf_counter()
         outcome = "error"
         try:
