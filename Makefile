@@ -14,7 +14,7 @@ WORKERS ?= 2
 # `make bench` measures each of these auth modes.
 AUTH_MODES ?= mtls oauth mtls+oauth
 
-.PHONY: help demo demo-stop test full-suites bench equivalence release clean
+.PHONY: help demo demo-stop test full-suites bench equivalence release fleet clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -72,6 +72,14 @@ release: $(STAMP) ## on the commit that dated VERSION's CHANGELOG section: make 
 	$(BIN)/python tools/release.py check $(VERSION)
 	$(MAKE) test
 	$(BIN)/python tools/release.py tag $(VERSION)
+
+# `make fleet`: the services file (one repository a line, docs/fleet.md), FORMAT=json for the
+# JSON document, FLEET_FLAGS for more (e.g. --fail-behind-security). Python and git only: no venv.
+SERVICES ?= fleet.txt
+FORMAT ?= table
+FLEET_CACHE ?= .cache/fleet
+fleet: ## each service's template and layer versions, answers, releases behind (security ones), open update branches
+	@$(PYTHON) tools/fleet.py --services $(SERVICES) --cache $(FLEET_CACHE) $(if $(filter json,$(FORMAT)),--json) $(FLEET_FLAGS)
 
 clean: demo-stop ## remove the venv, caches and the demo project
 	rm -rf $(VENV) .cache $(DEMO_DIR) .pytest_cache
