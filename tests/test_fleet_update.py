@@ -122,10 +122,13 @@ def project_at_v100(template: Path, destination: Path) -> tuple[Path, Path]:
     return project, remote
 
 
-def update(project: Path, *args: str, uv: str = UV) -> subprocess.CompletedProcess[str]:
+def update(
+    project: Path, *args: str, uv: str = UV, python: str = sys.executable
+) -> subprocess.CompletedProcess[str]:
+    """The script as make runs it; ``python``: the interpreter (make's is the project's venv)."""
     env = {**os.environ, "COPIER": COPIER, "UV": uv, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com"}
     env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-    command = [sys.executable, "scripts/template_update.py", *args]
+    command = [python, "scripts/template_update.py", *args]
     return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
