@@ -26,12 +26,15 @@ PROJECTS = [
 # The projects of one provider, for the checks that only apply to its files.
 GITHUB, GITLAB = ([p for p in PROJECTS if p.values[0]["ci_provider"] == name] for name in ("github", "gitlab"))
 SHA_PIN = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+$")
+# A step's `uses:` (not the `statuses:` permission, nor a comment that names one).
+USES = re.compile(r"^\s*(?:-\s+)?uses: (.+)$", re.MULTILINE)
 # The write scopes each job may hold, and why: everything else is read-only or absent.
 WRITE_SCOPES = {
     ("ci.yml", "publish"): {"id-token", "attestations", "packages"},  # keyless signing, provenance, push
     ("codeql.yml", "analyze"): {"security-events"},  # upload code scanning results
     ("scorecard.yml", "analysis"): {"security-events", "id-token"},  # upload SARIF, publish results
-    ("template-update.yml", "update"): {"contents", "pull-requests"},  # push the branch, open its PR
+    # push the branch, open its PR, make check's outcome as a commit status on its head
+    ("template-update.yml", "update"): {"contents", "pull-requests", "statuses"},
 }
 # Gate (issue #5 numbering) -> what the pipeline must run for it, on each provider.
 GATES = {
@@ -114,7 +117,7 @@ def tolerated_failures(documents: list[Any]) -> list[Any]:
 
 def unpinned_actions(workflow_text: str) -> list[str]:
     """`uses:` references that are not a full commit SHA followed by the version comment."""
-    return [line for line in re.findall(r"uses: (.+)", workflow_text) if not SHA_PIN.match(line)]
+    return [line for line in USES.findall(workflow_text) if not SHA_PIN.match(line)]
 
 
 def unpinned_images(pipeline: dict[str, Any]) -> list[str]:
@@ -272,7 +275,7 @@ def test_github_actions_are_pinned_and_least_privilege(project: tuple[Path, str]
     for name, workflow in workflows(path).items():
         text = (path / ".github" / "workflows" / name).read_text()
         assert unpinned_actions(text) == [], name
-        for line in re.findall(r"uses: (.+)", text):
+        for line in USES.findall(text):
             action, sha = line.split(" ")[0].split("@")
             assert shas.setdefault(action.split("/")[0] + "/" + action.split("/")[1], sha) == sha, line
         assert workflow["permissions"] == {}, f"{name}: top-level permissions must be {{}}"
@@ -367,7 +370,8 @@ def test_the_update_job_leaves_the_branch_and_the_request_to_the_script(project:
         # The update decides on the branches the full checkout fetched; the token-holding last
         # step pushes; the pull request is the branch the script printed.
         steps = load(path / ".github" / "workflows" / "template-update.yml")["jobs"]["update"]["steps"]
-        assert steps[0]["with"]["fetch-depth"] == 0
+        checkout = next(step for step in steps if step.get("uses", "").startswith("actions/checkout@"))
+        assert checkout["with"]["fetch-depth"] == 0
         assert 'UPDATE_FLAGS="--push origin --no-fetch --defer-push"' in shell
         assert "set -o pipefail" in shell, "a failed update is not hidden by tee"
         assert steps[-1]["env"]["BRANCH"] == "${{ steps.update.outputs.branch }}"
@@ -385,6 +389,96 @@ def test_the_update_job_leaves_the_branch_and_the_request_to_the_script(project:
         'python3 scripts/merge_request.py "$title" body.md 0',
     ):
         assert branch_moved_by_hand(planted), planted
+
+
+def version_check(project: Path, provider: str) -> tuple[list[str], dict[str, str]]:
+    """The update job's check of the release asked for: (command, environment of the version)."""
+    if provider == "github":
+        steps = load(project / ".github" / "workflows" / "template-update.yml")["jobs"]["update"]["steps"]
+        step = next(step for step in steps if step.get("id") == "target")
+        return ["bash", "-e", "-c", step["run"]], {"INPUT_VERSION": "", "PAYLOAD_VERSION": ""}
+    return ["sh", "-e", "-c", load(project / ".gitlab-ci.yml")["template-update"]["script"][0]], {}
+
+
+def test_the_update_job_runs_on_a_release_with_a_checked_version(project: tuple[Path, str], tmp_path: Path) -> None:
+    """A release starts the update at once (GitHub: Run workflow with a version, or a
+    repository_dispatch template-release; GitLab: a pipeline trigger with TEMPLATE_UPDATE_TO), and
+    the version reaches make only as a tag vX.Y.Z, checked first: the check is run here."""
+    path, provider = project
+    command, base = version_check(path, provider)
+    name = "INPUT_VERSION" if provider == "github" else "TEMPLATE_UPDATE_TO"
+    cases = {"": "", "v1.4.0": "v1.4.0", "v10.20.30": "v10.20.30"}
+    refused = ["1.4.0", "v1.4", "v1.4.0 ", "v1.4.0\nv9.9.9", "v1.4.0; id", "$(id)", "v1.4.0\n", "v\uff11.4.0"]
+    for value in [*cases, *refused]:
+        output = tmp_path / "output"
+        output.write_text("")
+        env = {**os.environ, **base, name: value, "GITHUB_OUTPUT": str(output)}
+        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if value in cases:
+            assert result.returncode == 0, (value, result.stdout + result.stderr)
+            if provider == "github":
+                assert output.read_text() == f"version={cases[value]}\n"
+        else:
+            assert result.returncode != 0, value
+            assert output.read_text() == "", value
+            assert value not in result.stdout + result.stderr, "the value is never echoed"
+    shell = update_job_shell(path, provider)
+    if provider == "github":
+        workflow = load(path / ".github" / "workflows" / "template-update.yml")
+        triggers = workflow[True]
+        assert triggers["workflow_dispatch"]["inputs"]["version"]["required"] is False
+        assert triggers["repository_dispatch"] == {"types": ["template-release"]}
+        job = workflow["jobs"]["update"]
+        # The payload too: a repository_dispatch carries the version in client_payload.version.
+        payload = dict(base, PAYLOAD_VERSION="v2.0.0", GITHUB_OUTPUT=str(tmp_path / "payload"))
+        subprocess.run(command, env={**os.environ, **payload}, check=True)
+        assert (tmp_path / "payload").read_text() == "version=v2.0.0\n"
+        target = next(step for step in job["steps"] if step.get("id") == "target")
+        assert target["env"] == {
+            "INPUT_VERSION": "${{ inputs.version }}",
+            "PAYLOAD_VERSION": "${{ github.event.client_payload.version }}",
+        }
+        update = next(step for step in job["steps"] if step.get("id") == "update")
+        assert update["env"] == {"TO": "${{ steps.target.outputs.version }}"}
+        assert 'make -s template-update TO="$TO" ' in shell
+        # No expression is written into a script: every value reaches the shell as a variable.
+        assert all("${{" not in step.get("run", "") for step in job["steps"])
+    else:
+        assert 'make -s template-update TO="${TEMPLATE_UPDATE_TO:-}" UPDATE_FLAGS=' in shell
+        assert shell.index("TEMPLATE_UPDATE_TO must be") < shell.index("make -s template-update")
+
+
+@pytest.mark.parametrize("project", GITHUB, indirect=True)
+def test_the_update_pull_request_gets_ci_from_an_app_or_a_commit_status(project: tuple[Path, str]) -> None:
+    """A pull request opened with the job token starts no workflow: with a GitHub App (variable
+    TEMPLATE_UPDATE_APP_ID) the push and the pull request are the App's, so CI runs; in any case
+    make check's outcome is a commit status on the pushed head."""
+    path, _ = project
+    job = load(path / ".github" / "workflows" / "template-update.yml")["jobs"]["update"]
+    assert job["permissions"]["statuses"] == "write"
+    assert job["environment"] == "template-update", "the App's key is a secret of that environment"
+    steps = job["steps"]
+    app = next(step for step in steps if step.get("uses", "").startswith("actions/create-github-app-token@"))
+    assert app["if"] == "steps.update.outputs.branch != '' && vars.TEMPLATE_UPDATE_APP_ID != ''"
+    assert app["with"]["client-id"] == "${{ vars.TEMPLATE_UPDATE_APP_ID }}"
+    assert app["with"]["private-key"] == "${{ secrets.TEMPLATE_UPDATE_APP_KEY }}"
+    assert {key for key in app["with"] if key.startswith("permission-")} == {
+        "permission-contents",
+        "permission-pull-requests",
+        "permission-workflows",
+    }
+    last = steps[-1]
+    assert steps.index(app) == len(steps) - 2, "the token is made just before the step that uses it"
+    assert last["env"]["GH_TOKEN"] == f"${{{{ steps.{app['id']}.outputs.token || github.token }}}}"
+    assert last["env"]["JOB_TOKEN"] == "${{ github.token }}"
+    status = last["run"][last["run"].index("gh api") :]
+    assert last["run"].index("--push-deferred") < last["run"].index("gh api"), "the status goes on a pushed commit"
+    assert (
+        'GH_TOKEN="$JOB_TOKEN" gh api --silent --method POST "repos/$GITHUB_REPOSITORY/statuses/$head"' in last["run"]
+    )
+    assert '-f context="template-update / make check"' in status
+    assert "head=$(git rev-parse HEAD)" in last["run"]
+    assert 'if [ "$CHECKS" = passed ]; then state=success; else state=failure; fi' in last["run"]
 
 
 def test_ci_uses_the_uv_the_template_pins(project: tuple[Path, str]) -> None:
@@ -581,3 +675,28 @@ def test_the_template_is_tagged_only_after_its_tests_passed_on_that_commit() -> 
     assert 'object="$COMMIT"' in publish, "the tag names the tested release commit"
     assert release_job["steps"][-1]["env"]["COMMIT"] == "${{ needs.release-plan.outputs.commit }}"
     assert publish.index("git/tags") < publish.index("git/refs") < publish.index("gh release create")
+
+
+def test_the_release_notifies_the_fleet_only_when_asked(tmp_path: Path) -> None:
+    """The notify job runs only after the release job tagged it and only with FLEET_NOTIFY set
+    (off by default), in an environment of its own for its tokens, with read-only contents; its
+    command works as written (a local service is skipped, nothing sent)."""
+    jobs = load(ROOT / ".github" / "workflows" / "ci.yml")["jobs"]
+    notify = jobs["notify"]
+    assert set(notify["needs"]) == {"release-plan", "release"}
+    assert " ".join(notify["if"].split()) == (
+        "always() && vars.FLEET_NOTIFY == 'true' && needs.release.result == 'success'"
+    )
+    assert notify["permissions"] == {"contents": "read"}
+    assert notify["environment"] == "fleet-notify"
+    (step,) = [step for step in notify["steps"] if "run" in step]
+    assert "${{" not in step["run"]
+    assert step["env"]["VERSION"] == "${{ needs.release-plan.outputs.version }}"
+    assert step["env"]["FLEET_GITHUB_TOKEN"] == "${{ secrets.FLEET_GITHUB_TOKEN }}"
+    services = tmp_path / "fleet.txt"
+    services.write_text(f"{tmp_path} a-local-checkout\n")
+    env = {**os.environ, "VERSION": "1.4.0", "SERVICES": str(services)}
+    command = ["bash", "-e", "-c", step["run"]]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "a-local-checkout  skipped" in result.stdout
