@@ -277,12 +277,13 @@ def answers_of(text: str) -> dict[str, object]:
 
 
 def test_an_answer_change_is_a_reviewed_change_with_a_fresh_lock_and_the_checks_next_steps(
-    template: Path, tmp_path: Path
+    template: Path, layer: Path, tmp_path: Path
 ) -> None:
     """DATA="auth_mode=oauth" through the script, at the release the project is on (v1.0.0,
     although v1.0.1 is out): its own branch, uv.lock with the OAuth dependency, and a body that
-    names each changed answer and the rule the server would now refuse at start-up."""
-    project, remote = project_at_v100(template, tmp_path)
+    names each changed answer, the rule the server would now refuse at start-up, and the layer
+    that rendered the old answers."""
+    project, remote = layered_project(template, layer, tmp_path)
     (project / "config" / "policy.toml").write_text((project / "config" / "policy.toml").read_text() + TEAM_RULE)
     subprocess.run([UV, "lock", "--quiet"], cwd=project, check=True, timeout=600)
     commit_all(project, "our payments rule, locked")
@@ -334,7 +335,29 @@ def test_an_answer_change_is_a_reviewed_change_with_a_fresh_lock_and_the_checks_
     assert f"Fix `config/policy.toml`: the server refuses to start with `{refusal}`" in body
     assert "allow.0" not in body and "allow.1" not in body, "the template's own rules changed with the answer"
     assert "`uv.lock` changed" in body
+    assert "Check what the org layer wrote from the old answers (`.copier-answers.org.yml`)" in body
     assert refusal in ran.stderr, "said on the terminal too"
+
+
+def test_an_answer_of_the_layer_is_changed_by_the_layer_and_answers_of_two_templates_are_refused(
+    template: Path, layer: Path, tmp_path: Path
+) -> None:
+    project, _ = layered_project(template, layer, tmp_path)
+    python = str(project_venv(project, groups=()) / "bin" / "python")
+    mixed = update(project, "--data", "auth_mode=oauth", "--data", "org_team=security", python=python)
+    assert mixed.returncode == 2
+    assert "these answers belong to different templates: change one template's answers at a time" in mixed.stderr
+
+    result = outputs(update(project, "--data", "org_team=security", python=python))
+    assert (result["branch"], result["answers"]) == ("template-answers", "org_team")
+    assert answers_of((project / ".copier-answers.org.yml").read_text())["org_team"] == "security"
+    assert 'owner = "security"' in (project / ORG_TOML_PATH).read_text()
+    assert "_commit: v0.1.0" in (project / ".copier-answers.org.yml").read_text(), "at the release it is on"
+    body = body_of(project)
+    assert "Template answers changed at v0.1.0 (`.copier-answers.org.yml`, the org template):" in body
+    assert "- `org_team`: platform → security" in body
+    assert "Check what the org layer wrote" not in body
+    assert "\nTemplate-Answers: org org_team=security\n" in git(project, "log", "-1", "--format=%B")
 
 
 def test_the_makefile_passes_each_data_pair(template: Path, tmp_path: Path) -> None:

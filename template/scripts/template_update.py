@@ -725,13 +725,20 @@ def answers_body(
     return "\n".join(lines)
 
 
-def follow_up_steps(pairs: dict[str, str], after: dict[str, str], lock_changed: bool) -> list[str]:
+def follow_up_steps(layer: Layer, pairs: dict[str, str], after: dict[str, str], lock_changed: bool) -> list[str]:
     steps = [
         f"`{name}` is not recorded: its question is asked only with other answers (its `when`)"
         for name in pairs
         if name not in after
     ]
     steps += [f"Fix `{POLICY}`: the server refuses to start with `{line}`" for line in policy_refusals()]
+    # copier update renders a layer's files again only when the layer itself changes: what a layer
+    # wrote from this template's answers (_external_data) still shows the old ones.
+    steps += [
+        f"Check what the {other.name} layer wrote from the old answers (`{other.answers}`): copier leaves it as it was"
+        for other in layers()
+        if layer.name == BASE and other.name != BASE
+    ]
     if lock_changed:
         steps.append("`uv.lock` changed (the answer adds or drops dependencies): `make install`")
     steps.append("`make check` on this branch before you merge it; review the whole diff")
@@ -767,7 +774,7 @@ def change_answers(args: argparse.Namespace) -> dict[str, str]:
     after = answers_in(layer.answers.read_text(encoding="utf-8"))
     changed = answers_changed(before, after)
     lock_changed = bool(run("git", "status", "--porcelain", "--", "uv.lock").strip())
-    follow_up = follow_up_steps(pairs, after, lock_changed)
+    follow_up = follow_up_steps(layer, pairs, after, lock_changed)
     given = " ".join(f"{name}={value}" for name, value in pairs.items())
     title = f"Change template answers: {given}" + (" (conflicts to resolve)" if conflicts else "")
     head = commit(base, title, [f"{ANSWERS_TRAILER}: {layer.name} {given}"])
