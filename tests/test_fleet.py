@@ -474,3 +474,29 @@ def test_notify_reports_each_failure_and_sends_nothing_for_a_bad_version(
     assert "1 of 4 services notified or skipped, 3 failed" in result.stdout
     no_token = notify(services, "--version", "v1.0.2", "--github-api", url)
     assert "FAILED: FLEET_GITHUB_TOKEN is not set" in no_token.stdout
+
+
+def test_what_cannot_be_told_is_marked_unknown_never_guessed(fleet: dict[str, Path], tmp_path: Path) -> None:
+    """A template source that cannot be read, a layer version that is no release tag: `?` in
+    their columns, the reason after the table and in the JSON; the other rows as usual."""
+    root = tmp_path / "repos"
+    odd = service_repo(root / "odd", tmp_path / "nowhere", fleet["layer"], "v1.0.0", "v0.2.0", architecture="federated")
+    commit(odd, {".copier-answers.org.yml": answers(fleet["layer"], "3f2a9c1")}, "Layer from a commit")
+    services = tmp_path / "fleet.txt"
+    services.write_text(f"{odd}\n{root / 'a-much-longer-name-than-odd'}\n")
+    command = [sys.executable, str(FLEET), "--services", str(services), "--cache", str(tmp_path / "cache")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    found = rows(result.stdout)
+    assert found["odd"][1:3] == ["v1.0.0", "?"]
+    assert found["odd"][7:] == ["org 3f2a9c1 (error)", "?", "?", "-"]
+    lines = result.stdout.splitlines()
+    assert lines[0].index("TEMPLATE") == lines[2].index("error: "), "the name column fits the unreadable one too"
+    assert "odd: template: git ls-remote failed: fatal: " in result.stdout
+    assert "odd: org: the recorded version '3f2a9c1' is no release (vX.Y.Z)" in result.stdout
+    document = json.loads(subprocess.run([*command, "--json"], capture_output=True, text=True, check=True).stdout)
+    entry = document["services"][0]
+    assert (entry["behind"], entry["behind_security"]) == (None, None)
+    assert entry["template"]["newest"] is None and entry["template"]["error"].startswith("git ls-remote failed")
+    assert entry["layers"][0]["newest"] == "v0.2.0" and entry["layers"][0]["behind"] is None
+    assert document["summary"]["behind"] == 0 and document["summary"]["unreadable"] == 1

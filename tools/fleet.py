@@ -539,7 +539,9 @@ HEADER += ["BEHIND SECURITY", "UPDATE BRANCH"]
 
 def table(document: dict[str, Any]) -> str:
     rows = [table_row(entry) for entry in document["services"]]
-    widths = [max(len(row[index]) for row in [HEADER, *rows] if len(row) > 2) for index in range(len(HEADER))]
+    full = [row for row in [HEADER, *rows] if len(row) > 2]  # an unreadable repository's row has 2 cells
+    widths = [max(len(row[0]) for row in [HEADER, *rows])]
+    widths += [max(len(row[index]) for row in full) for index in range(1, len(HEADER))]
     lines = []
     for row in [HEADER, *rows]:
         if len(row) == 2:  # an unreadable repository: its error after the name
