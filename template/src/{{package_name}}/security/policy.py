@@ -11,6 +11,12 @@ Decisions are cached per caller and tool, in tables bounded by size and by age: 
 ``_CACHE_LIMIT`` entries, all forgotten when full or ``_CACHE_SECONDS`` old (looked at on a
 miss only); a tool name longer than MCP allows (a caller's invention) is decided uncached.
 
+The policy is one file and the files of its include directory, read at start-up: for
+``config/policy.toml``, every ``config/policy.d/*.toml`` (the directory named after the file's
+stem, plus ``.d``), in sorted order after the main file. They are the organisation's own (an
+organisation layer writes them; the template never does): the same ``[[allow]]`` schema, the
+same checks, each error naming its own file and entry. Rules only add grants.
+
 At start-up, ``check_callers`` refuses a principal pattern that no caller of this server can
 ever match: a token name (``sub:``, ``client_id:``) where no bearer token is taken, or a
 certificate name (``spiffe://...``, ``dns:``, ``cn:``) where no client presents a certificate.
@@ -24,7 +30,7 @@ import fnmatch
 import re
 import time
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -96,11 +102,35 @@ _HOW_TO_NAME = {
 }
 
 
+def include_dir(path: Path) -> Path:
+    """The policy file's include directory: ``policy.d`` beside ``policy.toml``."""
+    return path.with_name(f"{path.stem}.d")
+
+
+def _read(path: Path) -> PolicyDocument:
+    try:
+        return PolicyDocument.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{path}: not valid TOML: {exc}") from None
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise PolicyError(f"{path}: {where}: {error['msg']}") from None
+
+
 class Policy:
     def __init__(
-        self, document: PolicyDocument, source: Path | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        document: PolicyDocument,
+        source: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        origins: Sequence[tuple[Path | None, int]] | None = None,
     ) -> None:
         self.document, self.source, self.clock = document, source, clock
+        # Where each rule was written (file, index in that file's allow), for error messages.
+        self.origins = list(origins) if origins is not None else [(source, n) for n in range(len(document.allow))]
         self.rules = [
             (_compile(rule.principals), _compile(rule.tools), frozenset(rule.scopes)) for rule in document.allow
         ]
@@ -112,27 +142,25 @@ class Policy:
 
     @classmethod
     def load(cls, path: Path) -> Policy:
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-            return cls(PolicyDocument.model_validate(raw), path)
-        except OSError as exc:
-            raise PolicyError(f"{path}: cannot read: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise PolicyError(f"{path}: not valid TOML: {exc}") from None
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            where = ".".join(str(part) for part in error["loc"])
-            raise PolicyError(f"{path}: {where}: {error['msg']}") from None
+        """``path``, then each ``*.toml`` of its include directory in sorted order."""
+        files = [path, *sorted(f for f in include_dir(path).glob("*.toml") if not f.name.startswith("."))]
+        rules: list[Rule] = []
+        origins: list[tuple[Path | None, int]] = []
+        for file in files:
+            document = _read(file)
+            rules += document.allow
+            origins += [(file, number) for number in range(len(document.allow))]
+        return cls(PolicyDocument(allow=rules), path, origins=origins)
 
     def check_callers(self, kinds: Iterable[str]) -> None:
         """Refuse a principal pattern only names of another kind than ``kinds`` could match."""
         possible = frozenset(kinds)
-        for number, rule in enumerate(self.document.allow):
+        for (source, number), rule in zip(self.origins, self.document.allow, strict=True):
             for pattern in rule.principals:
                 kind = name_kind(pattern)
                 if kind is not None and kind not in possible:
                     raise PolicyError(
-                        f"{self.source}: allow.{number}.principals: {pattern!r} can never match: {_HOW_TO_NAME[kind]}"
+                        f"{source}: allow.{number}.principals: {pattern!r} can never match: {_HOW_TO_NAME[kind]}"
                     )
 
     def allows(self, principal: Principal | None, tool: str) -> bool:
