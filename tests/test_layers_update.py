@@ -332,7 +332,7 @@ def test_an_answer_change_is_a_reviewed_change_with_a_fresh_lock_and_the_checks_
         "config/policy.toml: allow.2.principals: 'spiffe://mcp.example.com/payments' can never match: "
         "no client presents a certificate to this server: name callers by token (sub:<sub>, client_id:<id>)"
     )
-    assert f"Fix `config/policy.toml`: the server refuses to start with `{refusal}`" in body
+    assert f"Fix the tool policy: the server refuses to start with `{refusal}`" in body
     assert "allow.0" not in body and "allow.1" not in body, "the template's own rules changed with the answer"
     assert "`uv.lock` changed" in body
     assert "Check what the org layer wrote from the old answers (`.copier-answers.org.yml`)" in body

@@ -668,9 +668,10 @@ def copier_change(layer: Layer, pairs: dict[str, str], asked: dict[str, str]) ->
 
 
 def check_policy() -> None:
-    """``--check-policy``: each rule of config/policy.toml whose principals no caller of this
-    server can match, as start-up refuses it (``Policy.check_callers``), one line each. Runs in
-    a fresh interpreter, on the project's code as the change left it."""
+    """``--check-policy``: each rule of the tool policy (config/policy.toml and config/policy.d)
+    whose principals no caller of this server can match, as start-up refuses it
+    (``Policy.check_callers``), one line each. Runs in a fresh interpreter, on the project's code
+    as the change left it."""
     package = recorded("package_name")
     sys.path.insert(0, "src")
     policy = importlib.import_module(f"{package}.security.policy")
@@ -688,14 +689,12 @@ def check_policy() -> None:
         print(exc)
         return
     # One rule at a time, so that every refused rule is named, not only the first, each by the
-    # file and index it was written at (``origins``: where the policy reads more than one file).
-    rules = loaded.document.allow
-    origins = getattr(loaded, "origins", None) or [(loaded.source, number) for number in range(len(rules))]
-    for (source, number), rule in zip(origins, rules, strict=True):
+    # file and index it was written at (config/policy.toml, or a file of config/policy.d).
+    for origin, rule in zip(loaded.origins, loaded.document.allow, strict=True):
         try:
-            policy.Policy(policy.PolicyDocument(allow=[rule]), source).check_callers(kinds)
+            policy.Policy(policy.PolicyDocument(allow=[rule]), origin[0], origins=[origin]).check_callers(kinds)
         except policy.PolicyError as exc:
-            print(str(exc).replace(": allow.0.", f": allow.{number}.", 1))
+            print(exc)
 
 
 def policy_refusals() -> list[str]:
@@ -731,7 +730,7 @@ def follow_up_steps(layer: Layer, pairs: dict[str, str], after: dict[str, str], 
         for name in pairs
         if name not in after
     ]
-    steps += [f"Fix `{POLICY}`: the server refuses to start with `{line}`" for line in policy_refusals()]
+    steps += [f"Fix the tool policy: the server refuses to start with `{line}`" for line in policy_refusals()]
     # copier update renders a layer's files again only when the layer itself changes: what a layer
     # wrote from this template's answers (_external_data) still shows the old ones.
     steps += [
