@@ -185,6 +185,8 @@ def test_one_run_brings_both_layers_keeps_the_teams_edits_and_puts_both_security
     # The review text: a heading per layer, then every Security section (both layers), then the rest.
     text = (project / ".git" / "template-update.md").read_text()
     assert text.startswith("Template update: base v1.0.0 → v1.0.1, org v0.1.0 → v0.2.0.\n")
+    title = (project / ".git" / "template-update.title").read_text()
+    assert title == "Update template to v1.0.1, org to v0.2.0\n", "the request's title, for CI"
     assert "## base: v1.0.0 → v1.0.1" in text and "## org: v0.1.0 → v0.2.0" in text
     # (This template's v1.0.1 section also holds what its CHANGELOG has under Unreleased.)
     sections = [line for line in text.splitlines() if line.startswith("### ")]
@@ -229,6 +231,7 @@ def test_a_release_of_the_layer_alone_gets_a_branch_and_an_untagged_layer_is_ski
     body = body_of(project)
     assert "## base: v1.0.0 (unchanged)" in body
     assert "## org: v0.1.0 → v0.2.0" in body
+    assert (project / ".git" / "template-update.title").read_text() == "Update org to v0.2.0\n"
     assert "### Security (org v0.2.0)" in body
     assert "was skipped" in body
     assert "template-update" not in git(remote, "branch"), "no --push: nothing pushed"

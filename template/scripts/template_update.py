@@ -36,7 +36,8 @@ The update itself: ``copier update`` of each layer to its tag with conflicts wri
 every layer between the base's release and the target, all security fixes first, ``<PREFIX>``
 shown as this project's environment prefix, what happened to the team's commits, and the files
 left with conflicts (the request is then a draft, and the conflict guard,
-``scripts/check_conflicts.py``, fails until they are resolved). Prints ``key=value`` lines
+``scripts/check_conflicts.py``, fails until they are resolved); the request's title goes beside
+it (``<body>.title``: ``Update template to vX.Y.Z, org to vA.B.C``). Prints ``key=value`` lines
 (``version``, ``previous``, ``conflicts``, ``branch`` for base; ``<layer>_version``,
 ``<layer>_previous`` for each layer) that CI appends to its step outputs. ``--defer-push``
 records the push in ``.git/template-update.push`` instead, for ``--push-deferred`` to make later
@@ -406,13 +407,25 @@ def update_commit(start: str, plans: list[Plan]) -> tuple[str, list[str]]:
     """The update of every layer behind its target, committed on ``start``; the trailers record
     the release of each layer (``base`` as ``Template-Update``, as before layers existed)."""
     moved, conflicts = apply(plans)
-    names = [("template" if p.layer.name == BASE else p.layer.name) + f" to {p.target.tag}" for p in moved]
-    title = f"Update {', '.join(names)}" + (" (conflicts to resolve)" if conflicts else "")
+    title = update_title(moved) + (" (conflicts to resolve)" if conflicts else "")
     trailers = [
         f"{RELEASE_TRAILER}: {version}" if plan.layer.name == BASE else f"{LAYER_TRAILER}: {plan.layer.name} {version}"
         for plan, version in zip(plans, recorded_now(plans), strict=True)
     ]
     return commit(start, title, trailers), conflicts
+
+
+def update_title(moved: list[Plan]) -> str:
+    """``Update template to vX.Y.Z, org to vA.B.C``: the commit's title, and the request's."""
+    names = [("template" if p.layer.name == BASE else p.layer.name) + f" to {p.target.tag}" for p in moved]
+    return f"Update {', '.join(names)}"
+
+
+def write_review(body_file: Path, title: str, text: str) -> None:
+    """The request's description, and its title beside it (``<body>.title``, for CI: a title
+    holds spaces, which the ``key=value`` outputs a shell sources cannot)."""
+    body_file.write_text(text, encoding="utf-8")
+    body_file.with_suffix(".title").write_text(title + "\n", encoding="utf-8")
 
 
 def plural(count: int) -> str:
@@ -556,7 +569,7 @@ def update(args: argparse.Namespace) -> dict[str, str]:
     prefix = recorded("package_name").upper() + "_"
     notes = release_notes(all_plans, moved, prefix)
     text = body(versions_part(all_plans, moved, skipped), notes, conflicts, note)
-    args.body.write_text(text, encoding="utf-8")
+    write_review(args.body, update_title(moved), text)
     deliver(args, branch, head, force=force)
     return outputs(all_plans, moved, branch.name, conflicts)
 
@@ -777,7 +790,7 @@ def change_answers(args: argparse.Namespace) -> dict[str, str]:
     given = " ".join(f"{name}={value}" for name, value in pairs.items())
     title = f"Change template answers: {given}" + (" (conflicts to resolve)" if conflicts else "")
     head = commit(base, title, [f"{ANSWERS_TRAILER}: {layer.name} {given}"])
-    args.body.write_text(answers_body(layer, version, changed, follow_up, conflicts), encoding="utf-8")
+    write_review(args.body, f"Change template answers: {given}", answers_body(layer, version, changed, follow_up, conflicts))
     for step in follow_up:
         print(f"template update: next: {step}", file=sys.stderr)
     deliver(args, branch, head, force=True)
