@@ -788,9 +788,10 @@ def change_answers(args: argparse.Namespace) -> dict[str, str]:
     lock_changed = bool(run("git", "status", "--porcelain", "--", "uv.lock").strip())
     follow_up = follow_up_steps(layer, pairs, after, lock_changed)
     given = " ".join(f"{name}={value}" for name, value in pairs.items())
-    title = f"Change template answers: {given}" + (" (conflicts to resolve)" if conflicts else "")
-    head = commit(base, title, [f"{ANSWERS_TRAILER}: {layer.name} {given}"])
-    write_review(args.body, f"Change template answers: {given}", answers_body(layer, version, changed, follow_up, conflicts))
+    title = f"Change template answers: {given}"
+    marked = title + (" (conflicts to resolve)" if conflicts else "")
+    head = commit(base, marked, [f"{ANSWERS_TRAILER}: {layer.name} {given}"])
+    write_review(args.body, title, answers_body(layer, version, changed, follow_up, conflicts))
     for step in follow_up:
         print(f"template update: next: {step}", file=sys.stderr)
     deliver(args, branch, head, force=True)
