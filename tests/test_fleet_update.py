@@ -122,9 +122,7 @@ def project_at_v100(template: Path, destination: Path) -> tuple[Path, Path]:
     return project, remote
 
 
-def update(
-    project: Path, *args: str, uv: str = UV, python: str = sys.executable
-) -> subprocess.CompletedProcess[str]:
+def update(project: Path, *args: str, uv: str = UV, python: str = sys.executable) -> subprocess.CompletedProcess[str]:
     """The script as make runs it; ``python``: the interpreter (make's is the project's venv)."""
     env = {**os.environ, "COPIER": COPIER, "UV": uv, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com"}
     env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
