@@ -9,6 +9,7 @@ happens in ``assemble``, before serving, and raises a ``ConfigError``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -105,6 +106,11 @@ async def serve(service: Service) -> None:
     unmatched = service.policy.unmatched_patterns(tool.name for tool in await service.server.list_tools())
     if unmatched:
         log.warning("policy names tools this server does not have", extra={"patterns": unmatched})
+    # What start-up built (modules, schemas, the app) lives as long as the process: out of the
+    # collector's reach, a full collection under load walks only what requests made, not the
+    # ~100,000 objects of start-up (at 32 clients p99 latency halved: the template's benchmarks).
+    gc.collect()
+    gc.freeze()
     metrics.tls_certificate_expiry.set_function(lambda: tls.expires_at.timestamp())
     shutdown = Shutdown()
 
