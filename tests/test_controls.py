@@ -112,6 +112,7 @@ def test_check_names_each_broken_reference(projects: dict[str, Path], tmp_path: 
         "pytest": ["tests/test_transport.py::test_no_such_test"],
         "ci": ["no-such-job"],
         "make": ["no-such-target"],
+        "rules": ["CKV_K8S_22", "ORG_K8S_999"],
     }
     applies_when = broken[1].get("applies_when")
     broken[1]["applies_when"] = {"no_such_answer": [True]}
@@ -133,6 +134,7 @@ def test_check_names_each_broken_reference(projects: dict[str, Path], tmp_path: 
         f"{first['id']}: implemented_in src/{package}/gone.py does not exist",
         f"{first['id']}: pytest {node}: tests/test_transport.py defines no test_no_such_test",
         f"{first['id']}: ci no-such-job is no job of {ci_file}",
+        f"{first['id']}: rule ORG_K8S_999 is defined in no policy/checks file",
         f"{first['id']}: make no-such-target is no target of the Makefile",
     ]
 

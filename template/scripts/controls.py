@@ -5,8 +5,9 @@
 
 ``check`` exits 1 with one line per problem: a path in ``implemented_in`` that is gone, a pytest
 node whose file no longer defines that test (read with ``ast``, nothing imported), a CI job or
-make target that does not exist, an ``applies_when`` that names no answer. PyYAML comes with
-the dev group (pre-commit and detect-secrets need it); nothing else outside the standard library.
+make target that does not exist, a rule of policy/checks (ORG_K8S_*) that is not defined there,
+an ``applies_when`` that names no answer. PyYAML comes with the dev group (pre-commit and
+detect-secrets need it); nothing else outside the standard library.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ GITLAB_KEYWORDS = {
 }
 PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 MAKE_RULE = re.compile(r"^([A-Za-z0-9_.%/ -]+?)\s*::?(?![=])")
+# The project's own scanner rules (policy/checks); checkov's and hadolint's ids are theirs.
+OWN_RULE = re.compile(r"^\s*id:\s*[\"']?(ORG_K8S_\d+)", re.MULTILINE)
 
 # The answers copier.yml derives and never records (its "Computed answers"), derived the same way.
 COMPUTED: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -138,6 +141,11 @@ def make_targets(root: Path) -> set[str]:
     return targets
 
 
+@functools.cache
+def own_rules(root: Path) -> set[str]:
+    return {rule for path in (root / "policy" / "checks").glob("*.yaml") for rule in OWN_RULE.findall(path.read_text())}
+
+
 def schema_problems(control: dict[str, Any], known: set[str]) -> list[str]:
     name = control.get("id", "?")
     problems = [f"{name}: no {key}" for key in REQUIRED if not control.get(key)]
@@ -185,6 +193,11 @@ def evidence_problems(control: dict[str, Any], answers: dict[str, Any], root: Pa
             problems.append(f"{name}: ci {job}: this project has no CI file for {provider}")
         elif job not in jobs:
             problems.append(f"{name}: ci {job} is no job of {CI_FILES[provider]}")
+    problems += [
+        f"{name}: rule {rule} is defined in no policy/checks file"
+        for rule in for_provider(verified.get("rules"), answers)
+        if str(rule).startswith("ORG_K8S_") and rule not in own_rules(root)
+    ]
     targets = make_targets(root)
     problems += [
         f"{name}: make {target} is no target of the Makefile"
