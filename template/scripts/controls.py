@@ -6,8 +6,8 @@
 ``check`` exits 1 with one line per problem: a path in ``implemented_in`` that is gone, a pytest
 node whose file no longer defines that test (read with ``ast``, nothing imported), a CI job or
 make target that does not exist, a rule of policy/checks (ORG_K8S_*) that is not defined there,
-an ``applies_when`` that names no answer. PyYAML comes with the dev group (pre-commit and
-detect-secrets need it); nothing else outside the standard library.
+an ``applies_when`` that names no answer. ``make controls`` (part of ``make lint``) runs it.
+PyYAML is pinned in the dev group; nothing else outside the standard library.
 """
 
 from __future__ import annotations
