@@ -43,7 +43,12 @@ def script_module() -> Any:
     spec = importlib.util.spec_from_file_location("controls_script", ROOT / "template" / "scripts" / "controls.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # No __pycache__ in template/: it is the template's source tree (tests/test_structure.py reads it).
+    writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = writes_bytecode
     return module
 
 
