@@ -18,7 +18,7 @@ import functools
 import importlib
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +51,9 @@ MAKE_RULE = re.compile(r"^([A-Za-z0-9_.%/ -]+?)\s*::?(?![=])")
 # The project's own scanner rules (policy/checks); checkov's and hadolint's ids are theirs.
 OWN_RULE = re.compile(r"^\s*id:\s*[\"']?(ORG_K8S_\d+)", re.MULTILINE)
 
-# The answers copier.yml derives and never records (its "Computed answers"), derived the same way.
-COMPUTED: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "uses_mtls": lambda a: "mtls" in str(a.get("auth_mode", "")),
-    "uses_oauth": lambda a: "oauth" in str(a.get("auth_mode", "")),
-    "is_hub": lambda a: a.get("architecture") == "hub-and-spoke",
-    "is_federated": lambda a: a.get("architecture") == "federated",
-    "is_relay": lambda a: a.get("architecture") != "standalone",
-    "uses_mesh": lambda a: a.get("service_mesh", "none") != "none",
-    "package": lambda a: a.get("package_name"),
-}
+# ``applies_when`` names recorded answers only (copier does not record its computed ones), and
+# ``{package}`` in a path stands for the package_name answer.
+PLACEHOLDER_ALIASES = {"package": "package_name"}
 
 
 def load_yaml(path: Path) -> Any:
@@ -74,7 +67,7 @@ def load_yaml(path: Path) -> Any:
 def answers_of(root: Path) -> dict[str, Any]:
     recorded = load_yaml(root / ANSWERS) or {}
     answers = {name: value for name, value in recorded.items() if not name.startswith("_")}
-    return answers | {name: derive(answers) for name, derive in COMPUTED.items()}
+    return answers | {alias: answers.get(name) for alias, name in PLACEHOLDER_ALIASES.items()}
 
 
 def catalogue_of(root: Path) -> list[dict[str, Any]]:
