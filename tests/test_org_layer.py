@@ -386,6 +386,13 @@ def test_updating_the_template_leaves_the_organisations_files_alone(name: str, t
     assert built(project / "deploy" / "k8s" / "overlays" / "org")
 
 
+def update_layer(project: Path, release: str) -> None:
+    """``copier update`` of the organisation layer alone, to ``release``."""
+    run_update(
+        project, answers_file=ORG_ANSWERS, defaults=True, overwrite=True, vcs_ref=release, quiet=True, conflict="inline"
+    )
+
+
 @pytest.mark.parametrize("name", each("hub-and-spoke"))
 @pytest.mark.filterwarnings("ignore::copier.errors.MissingFileWarning")
 def test_updating_the_layer_changes_only_its_own_files(name: str, tmp_path: Path) -> None:
@@ -393,15 +400,7 @@ def test_updating_the_layer_changes_only_its_own_files(name: str, tmp_path: Path
     template_files = layered(name).template_files
     before = digests(project, template_files)
     with pytest.warns(MissingFileWarning, match=r"\.copier-answers\.yml"):  # the replay: base_snapshot covers it
-        run_update(
-            project,
-            answers_file=ORG_ANSWERS,
-            defaults=True,
-            overwrite=True,
-            vcs_ref="v1.1.0",
-            quiet=True,
-            conflict="inline",
-        )
+        update_layer(project, "v1.1.0")
     assert digests(project, template_files) == before
     assert changed_files(project) == {
         ORG_ANSWERS,
@@ -433,15 +432,7 @@ def test_the_layer_follows_a_changed_template_answer(name: str, tmp_path: Path) 
     assert "config/policy.d/org.toml: allow.0.principals: 'spiffe://" in stale.stderr
     assert "can never match: no client presents a certificate to this server" in stale.stderr
     with pytest.warns(MissingFileWarning):
-        run_update(
-            project,
-            answers_file=ORG_ANSWERS,
-            defaults=True,
-            overwrite=True,
-            vcs_ref="v1.0.0",
-            quiet=True,
-            conflict="inline",
-        )
+        update_layer(project, "v1.0.0")
     assert conflicts(project) == []
     policy = (project / "config" / "policy.d" / "org.toml").read_text()
     assert 'principals = ["client_id:acme-corporation-auditor"]' in policy and "spiffe://" not in policy
