@@ -14,7 +14,7 @@ WORKERS ?= 2
 # `make bench` measures each of these auth modes.
 AUTH_MODES ?= mtls oauth mtls+oauth
 
-.PHONY: help demo demo-stop test full-suites bench equivalence release fleet clean
+.PHONY: help demo demo-stop test full-suites bench equivalence release fleet docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -81,5 +81,9 @@ FLEET_CACHE ?= .cache/fleet
 fleet: ## each service's template and layer versions, answers, releases behind (security ones), open update branches
 	@$(PYTHON) tools/fleet.py --services $(SERVICES) --cache $(FLEET_CACHE) $(if $(filter json,$(FORMAT)),--json) $(FLEET_FLAGS)
 
-clean: demo-stop ## remove the venv, caches and the demo project
-	rm -rf $(VENV) .cache $(DEMO_DIR) .pytest_cache
+# mkdocs.yml: every page of docs/ in the nav; --strict fails on a broken link or anchor.
+docs: $(STAMP) ## build the docs site (Material for MkDocs, --strict) into site/
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+clean: demo-stop ## remove the venv, caches, the docs site and the demo project
+	rm -rf $(VENV) .cache $(DEMO_DIR) .pytest_cache site
