@@ -358,3 +358,46 @@ def test_removing_a_manifest_control_fails_its_scanner_rules(projects: dict[str,
         for control, _, _ in PLANTED_MANIFEST
         if not manifest_rules(control) & failed
     } == {}
+
+
+# The docs are rendered from the catalogue: compliance.md lists the controls that apply (one
+# anchor each) and maps them to the chosen frameworks only; threat-model.md links every threat
+# to the controls that answer it.
+ANCHOR = re.compile(r'^<a id="([a-z]{3}-\d{2})"></a>$', re.MULTILINE)
+CONTROL_LINK = re.compile(r"\]\(compliance\.md#([a-z]{3}-\d{2})\)")
+THREAT_ROW = re.compile(r"^\| ([A-Z]\d+) \| ", re.MULTILINE)
+
+
+def section(text: str, heading: str) -> str:
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    return text[start : end if end >= 0 else None]
+
+
+@pytest.mark.parametrize("answers", MATRIX, ids=combo_id)
+def test_the_docs_list_exactly_the_controls_that_apply(answers: dict[str, Any], projects: dict[str, Path]) -> None:
+    project = projects[combo_id(answers)]
+    listed = [line.split()[0].lower() for line in script_module().listing(project, None)]
+    compliance = (project / "docs" / "compliance.md").read_text()
+    assert ANCHOR.findall(compliance) == listed
+    threat_model = (project / "docs" / "threat-model.md").read_text()
+    linked = set(CONTROL_LINK.findall(threat_model))
+    assert linked <= set(listed), sorted(linked - set(listed))
+    stride = section(threat_model, "The threats one boundary at a time")
+    rows = {threat for line in stride.splitlines() if line.count("|") == 5 for threat in line.split("|")[3].split(", ")}
+    detailed = THREAT_ROW.findall(threat_model.split("Each threat in detail:")[1])
+    assert detailed and {threat.strip() for threat in rows} >= set(detailed), "a threat no boundary names"
+    assert "```mermaid\nflowchart LR" in threat_model
+
+
+def test_the_docs_map_the_chosen_frameworks_only(tmp_path: Path) -> None:
+    chosen = render(tmp_path / "pci", {"compliance": ["pci-dss", "cis"]}, skip_tasks=True)
+    mapping = section((chosen / "docs" / "compliance.md").read_text(), "## Mapping")
+    header = mapping.splitlines()[6]
+    assert header == "| Control | PCI DSS v4.0 | CIS |", header
+    assert "| [NET-01](compliance.md#net-01) TLS 1.3 only on the MCP port | 4.2.1 | Controls v8 3.10 |" in mapping
+    assert "SC-8" not in mapping and "CC6.7" not in mapping
+    none = render(tmp_path / "none", {"compliance": []}, skip_tasks=True)
+    text = (none / "docs" / "compliance.md").read_text()
+    assert "## Mapping" not in text and "No framework was selected" in text
+    assert ANCHOR.findall(text), "the controls are listed whatever the frameworks"
