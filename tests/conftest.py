@@ -176,6 +176,29 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def npm_package(name: str) -> Path:
+    """tests/support/<name> (package.json, its lock, its scripts) installed from the lock file
+    (integrity hashes checked by npm) once per lock into .cache, with the npm of the template's
+    pinned Node.js wheel and no Node.js on the PATH."""
+    from support.pinned_tools import tool
+
+    source = ROOT / "tests" / "support" / name
+    lock = (source / "package-lock.json").read_bytes()
+    target = CACHE / name / hashlib.sha256(lock).hexdigest()[:16]
+    with locked(CACHE / f"{name}.lock"):
+        if not (target / ".complete").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target)
+            subprocess.run(
+                [tool("npm"), "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--silent"],
+                cwd=target,
+                env={**os.environ, "PATH": path_without_system_tools()},
+                check=True,
+            )
+            (target / ".complete").touch()
+    return target
+
+
 def python_for(project: Path, version: str) -> str:
     """The interpreter the project asked for when this machine has it, else this one.
     Run in the project, where version managers such as pyenv honour its .python-version."""

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import CUSTOM, ROOT, UV, combo_id, covering, project_venv, render, run_in
+from conftest import CUSTOM, ROOT, UV, combo_id, covering, npm_package, project_venv, render, run_in
+from support.pinned_tools import tool
 
 CATALOGUE = ROOT / "template" / "compliance" / "controls.yaml"
 # The reference lists the catalogue maps against: one file a framework (its `id`) and one a
@@ -401,3 +402,23 @@ def test_the_docs_map_the_chosen_frameworks_only(tmp_path: Path) -> None:
     text = (none / "docs" / "compliance.md").read_text()
     assert "## Mapping" not in text and "No framework was selected" in text
     assert ANCHOR.findall(text), "the controls are listed whatever the frameworks"
+
+
+def test_every_mermaid_diagram_parses(projects: dict[str, Path]) -> None:
+    """Every diagram of the template's docs and of each project's docs, with Mermaid's own parser
+    (tests/support/mermaid): a diagram that does not parse shows as an error in the docs site."""
+    pages = sorted((ROOT / "docs").glob("*.md")) + sorted(
+        page for project in projects.values() for page in (project / "docs").glob("*.md")
+    )
+    parser = npm_package("mermaid")
+    result = subprocess.run(
+        [tool("node"), str(parser / "parse.mjs"), *map(str, pages)],
+        capture_output=True,
+        text=True,
+        cwd=parser,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    parsed = result.stdout.splitlines()
+    assert sum("threat-model.md" in line for line in parsed) == len(projects), "one trust diagram per project"

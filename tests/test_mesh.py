@@ -14,11 +14,8 @@ minutes."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -27,14 +24,11 @@ from typing import Any
 import pytest
 import yaml
 from conftest import (
-    CACHE,
     CUSTOM,
-    ROOT,
     UV,
     combo_id,
     covering,
-    locked,
-    path_without_system_tools,
+    npm_package,
     questions,
     render,
     tool_venv,
@@ -161,29 +155,6 @@ def test_every_build_validates_against_the_kubernetes_schemas(
         assert MESH_KINDS[answers["service_mesh"]] <= without_schema(output), "each of the mesh's kinds is built"
 
 
-def crd_schemas() -> Path:
-    """The CRD schema packages of tests/support/crd-schemas, installed from its lock file
-    (integrity hashes checked by npm) once per lock into .cache, with the npm of the template's
-    pinned Node.js wheel and no Node.js on the PATH."""
-    source = ROOT / "tests" / "support" / "crd-schemas"
-    lock = (source / "package-lock.json").read_bytes()
-    target = CACHE / "crd-schemas" / hashlib.sha256(lock).hexdigest()[:16]
-    with locked(CACHE / "crd-schemas.lock"):
-        if not (target / ".complete").exists():
-            shutil.rmtree(target, ignore_errors=True)
-            target.mkdir(parents=True)
-            for name in ("package.json", "package-lock.json", "validate.mjs"):
-                shutil.copy(source / name, target / name)
-            subprocess.run(
-                [tool("npm"), "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--silent"],
-                cwd=target,
-                env={**os.environ, "PATH": path_without_system_tools()},
-                check=True,
-            )
-            (target / ".complete").touch()
-    return target
-
-
 def validate_against_crds(schemas: Path, objects: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
     """validate.mjs over ``objects``: a line per object, exit 1 on any error."""
     return subprocess.run(
@@ -201,7 +172,7 @@ def test_custom_resources_validate_against_their_crds(
 ) -> None:
     """cert-manager's and Istio's kinds against their CRDs' schemas (types, required fields,
     enums); Linkerd's and Secrets Store CSI's have no offline schema (docs/deployment.md)."""
-    schemas = crd_schemas()
+    schemas = npm_package("crd-schemas")
     objects = [
         o for _, _, builds in built for path in builds.values() for o in yaml.safe_load_all(path.read_text()) if o
     ]
