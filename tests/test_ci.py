@@ -296,7 +296,7 @@ def test_gitlab_pipeline_structure(project: tuple[Path, str]) -> None:
     path, _ = project
     pipeline = load(path / ".gitlab-ci.yml")
     stages = pipeline["stages"]
-    assert stages == ["lint", "test", "sast", "secrets", "dependencies", "iac", "image", "smoke", "update"]
+    assert stages == ["lint", "test", "sast", "secrets", "dependencies", "iac", "image", "smoke", "evidence", "update"]
     jobs = {name: job for name, job in pipeline.items() if isinstance(job, dict) and "script" in job}
     gates = {"lint", "test", "sast", "secrets", "secrets-history", "dependencies", "iac"}
     assert gates | {"image-build", "image-scan", "image-publish", "smoke"} <= set(jobs)

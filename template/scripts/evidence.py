@@ -7,7 +7,7 @@ this run showed to work, and an OSCAL component definition of them.
 ``run`` runs the test suite once under ``make coverage`` with JUnit output (or reads ``--junit``),
 runs the make gates named in ``--gates`` (a gate whose tool is missing is "not-run"), reads the
 scanners' own results for the catalogue's rules (checkov's JSON, hadolint's JSON) and, in CI, the
-jobs' results (``--ci-results``: GitHub's ``needs`` context as JSON, or {job: result}). It writes
+jobs' results (``--ci-results``: GitHub's ``needs`` context as JSON, or GitLab's ci-results/). It writes
 evidence/evidence.json and evidence/evidence.md: per applicable control, the result of each test
 node, gate, rule and CI job that verifies it. A control is "evidenced" when every verifier this run
 ran passed, at least one ran, and every one of its pytest nodes ran; otherwise "not evidenced".
@@ -160,10 +160,15 @@ def combined(outcomes: list[str]) -> str:
 
 
 def ci_results(path: Path | None) -> dict[str, str]:
-    """GitHub's ``toJSON(needs)`` ({job: {result: ...}}) or {job: result}; skipped or cancelled is not-run."""
-    if path is None or not path.is_file():
+    """The CI jobs' results: GitHub's ``toJSON(needs)`` ({job: {result: ...}}) or {job: result} in a
+    JSON file, or a folder with one file a job holding its GitLab CI_JOB_STATUS. A job skipped,
+    cancelled or not listed is not-run."""
+    if path is None or not path.exists():
         return {}
-    loaded = json.loads(path.read_text(encoding="utf-8") or "{}")
+    if path.is_dir():
+        loaded: dict[str, Any] = {file.name: file.read_text(encoding="utf-8").strip() for file in path.iterdir()}
+    else:
+        loaded = json.loads(path.read_text(encoding="utf-8") or "{}")
     results = {job: value.get("result") if isinstance(value, dict) else value for job, value in loaded.items()}
     return {job: CI_OUTCOMES.get(str(result), NOT_RUN) for job, result in results.items()}
 
@@ -381,7 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     run_command = commands.add_parser("run", help="run the suite and gates, write evidence/evidence.json and .md")
     run_command.add_argument("--junit", type=Path, help="reuse this JUnit file instead of running the suite")
     run_command.add_argument("--gates", default=" ".join(GATES), help="make gates to run, space-separated")
-    run_command.add_argument("--ci-results", type=Path, help="CI jobs' results as JSON (GitHub: toJSON(needs))")
+    run_command.add_argument(
+        "--ci-results", type=Path, help="CI jobs' results: JSON (GitHub: toJSON(needs)) or a folder"
+    )
     run_command.add_argument("--out", type=Path, default=ROOT / OUT)
     oscal_command = commands.add_parser("oscal", help="write the OSCAL component definition")
     oscal_command.add_argument("--output", type=Path, default=ROOT / OUT / "component-definition.json")
