@@ -6,8 +6,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +148,25 @@ def test_the_projects_make_docs_uses_its_docs_group(tmp_path: Path) -> None:
     makefile = (project / "Makefile").read_text()
     assert "--dev-addr 127.0.0.1:$(DOCS_PORT)" in makefile
     assert "$(UV) export --quiet --frozen --all-groups" in makefile
+
+    # make docs-serve, on a free loopback port: serves the site until stopped.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = ["make", "--no-print-directory", "docs-serve", f"UV={UV}", f"DOCS_PORT={port}"]
+    server = subprocess.Popen(
+        command, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        page = ""
+        for _ in range(100):
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
+                time.sleep(0.2)
+        assert f"<title>{CUSTOM['project_name']}</title>" in page
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
