@@ -82,6 +82,8 @@ def assert_site(root: Path, site: Path) -> None:
     in_nav = nav_pages(config["nav"])
     assert sorted(in_nav) == pages
     assert in_nav[0] == "index.md"
+    assert config["theme"]["font"] is False
+    assert "fonts.googleapis.com" not in (site / "index.html").read_text(), "no font requests to Google"
     diagrams = 0
     for page in pages:
         fences = len(MERMAID_FENCE.findall((docs / page).read_text()))
