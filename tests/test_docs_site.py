@@ -135,10 +135,14 @@ def test_the_projects_make_docs_uses_its_docs_group(tmp_path: Path) -> None:
     """`make docs` builds with the project's own locked docs group, which `make install` (uv
     sync: the dev group) leaves out and `make audit` (every group) scans."""
     project = render(tmp_path / "project", {**CUSTOM, **MATRIX[1]}, skip_tasks=True)
+    # An organisation layer's page (examples/org-layer writes docs/org.md) builds without a nav
+    # entry: the layer never edits the template's mkdocs.yml.
+    (project / "docs" / "org.md").write_text("# The organisation's layer\n\nSee [the runbooks](runbooks.md).\n")
     for target in ("lock", "docs"):
         result = make(project, target)
         assert result.returncode == 0, f"make {target}: {result.stdout}{result.stderr}"
     assert (project / "site" / "index.html").is_file()
+    assert (project / "site" / "org" / "index.html").is_file()
     assert "site/" in (project / ".gitignore").read_text().splitlines()
 
     def exported(*flags: str) -> str:
