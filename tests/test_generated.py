@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import CUSTOM, ROOT, combo_id, covering, locked, make, project_venv, render, run_in, single_choices
+from test_evidence import every_job_passed, evidence_of
 
 # The default answers, then every combination of the answers that change the server's code,
 # auth mode and architecture (the others, python_version included, take each of their choices
@@ -98,13 +99,29 @@ def test_its_own_test_suite_passes(project: tuple[Path, Path]) -> None:
         ignored = [f"--ignore=tests/{name}" for name in EDGE_TESTS]
         assert_passed(run_in(*project, "pytest", "-q", "-p", "no:cacheprovider", *ignored), at_least=40)
         return
-    assert_passed(run_in(*project, "coverage", "run", "-m", "pytest", "-q", "-p", "no:cacheprovider"), at_least=60)
+    junit = f"--junitxml={project[0] / 'evidence' / 'junit.xml'}"  # for test_the_whole_suite_evidences_every_control
+    assert_passed(
+        run_in(*project, "coverage", "run", "-m", "pytest", "-q", "-p", "no:cacheprovider", junit), at_least=60
+    )
     for command in (("coverage", "combine", "--quiet"), ("coverage", "report", "--format=total")):
         report = run_in(*project, *command)
         assert report.returncode == 0, " ".join(command) + "\n" + report.stdout[-4000:] + report.stderr[-2000:]
     threshold = tomllib.loads((project[0] / "pyproject.toml").read_text())["tool"]["coverage"]["report"]["fail_under"]
     # Most tests reach the server as a subprocess: without subprocess measurement this falls far below.
     assert int(report.stdout.strip()) >= threshold + 3, f"measured {report.stdout.strip()}%, threshold {threshold}%"
+
+
+def test_the_whole_suite_evidences_every_control(project: tuple[Path, Path], tmp_path: Path) -> None:
+    """`make evidence` with the JUnit report of the whole suite above (the CI evidence job's way:
+    JUNIT= and the jobs' results) evidences every control that applies to the project."""
+    if not runs_whole(project[0]):
+        return  # the edge tests ran in another project: this suite alone evidences less
+    junit = project[0] / "evidence" / "junit.xml"
+    assert junit.is_file(), "test_its_own_test_suite_passes did not write the JUnit report"
+    ci = every_job_passed(project[0], tmp_path / "needs.json")
+    controls = evidence_of(*project, tmp_path / "evidence", "--junit", str(junit), "--ci-results", str(ci))
+    assert {name: entry for name, entry in controls.items() if entry["status"] != "evidenced"} == {}
+    assert len(controls) >= 50
 
 
 @pytest.mark.parametrize(

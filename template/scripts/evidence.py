@@ -277,7 +277,7 @@ def run(options: argparse.Namespace) -> int:
     nodes = {node: combined(outcomes) for node, outcomes in junit_results(junit, ROOT).items()}
     results["tests"] = nodes
     results["gates"]["test"] = combined(list(nodes.values())) if nodes else NOT_RUN
-    if results["gates"].get("iac") == PASSED:
+    if results["gates"].get("iac") == PASSED:  # .iac/ is this run's build (a failed gate's log says why)
         results["rules"] = checkov_rules(out) | hadolint_rules(out, catalogued(ROOT, "rules"))
     evidence = report(ROOT, results, datetime.datetime.now(datetime.UTC))
     write(evidence, out)
