@@ -20,7 +20,7 @@ OPTIONAL = {
     "kubectl": ("kind-up", "https://kubernetes.io/docs/tasks/tools/"),
     "docker": ("image, kind-up", "a Docker engine, e.g. Docker Engine or Docker Desktop"),
     "kind": ("kind-up", "https://kind.sigs.k8s.io/docs/user/quick-start/#installation"),
-    "go": ("secrets-history (gitleaks)", "https://go.dev/doc/install"),
+    "go": ("secrets-history (gitleaks; without Go, make evidence records it not run)", "https://go.dev/doc/install"),
 }
 
 
