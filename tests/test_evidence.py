@@ -174,6 +174,11 @@ def test_the_oscal_component_definition_validates_and_covers_every_nist_mapped_c
     control_ids = {requirement.control_id for requirement in nist.implemented_requirements}
     assert {"sc-8", "sc-8.1", "sc-13"} <= control_ids
     assert all(control_id == control_id.lower() and "(" not in control_id for control_id in control_ids)
+    # Each prop says which control it belongs to, and paths are this project's.
+    props = [prop for requirement in nist.implemented_requirements for prop in requirement.props or []]
+    assert all(prop.group for prop in props)
+    paths = [prop.value for prop in props if prop.name == "implemented-in"]
+    assert paths and all("{" not in path and (project / path).exists() for path in paths), paths
 
 
 def test_ci_evidence_jobs_read_every_other_jobs_result(project: Path, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from controls import ANSWERS, ROOT, answers_of, applicable, catalogue_of, for_provider, load_yaml
+from controls import ANSWERS, ROOT, answers_of, applicable, catalogue_of, expand, for_provider, load_yaml
 
 # The namespace of this project's own OSCAL props and the evidence file's schema name.
 SCHEMA = "urn:secure-mcp-template:evidence"
@@ -301,13 +301,15 @@ def props(control: dict[str, Any], answers: dict[str, Any]) -> list[dict[str, st
     """The catalogue's control id, where it is implemented and what verifies it, as OSCAL props."""
     verified = control.get("verified_by") or {}
     named = [("control", control["id"])]
-    named += [("implemented-in", path) for path in for_provider(control.get("implemented_in"), answers)]
+    paths = for_provider(control.get("implemented_in"), answers)
+    named += [("implemented-in", expand(path, answers)) for path in paths]
     named += [
         (f"verified-by-{kind}", name)
         for kind in ("pytest", "make", "rules", "ci")
         for name in for_provider(verified.get(kind), answers)
     ]
-    return [{"name": name, "ns": SCHEMA, "value": str(value)} for name, value in named]
+    # A requirement met by several controls carries each one's props: `group` keeps them apart.
+    return [{"name": name, "ns": SCHEMA, "value": str(value), "group": control["id"]} for name, value in named]
 
 
 def requirements(controls: list[dict[str, Any]], answers: dict[str, Any], framework: str) -> list[dict[str, Any]]:
