@@ -126,7 +126,10 @@ def test_the_whole_suite_evidences_every_control(project: tuple[Path, Path]) -> 
         return  # the edge tests ran in another project: this suite alone evidences less
     junit = project[0] / "evidence" / "junit.xml"
     assert junit.is_file(), "test_its_own_test_suite_passes did not write the JUnit report"
-    locked = make(project[0], "lock")  # as a team does first: the gates refuse a project without uv.lock
+    # As a team starts: a repository (actionlint and the secret scan read what git tracks), and uv.lock.
+    subprocess.run(["git", "init", "--quiet", "--initial-branch=main"], cwd=project[0], check=True)
+    subprocess.run(["git", "add", "-A"], cwd=project[0], check=True)
+    locked = make(project[0], "lock")
     assert locked.returncode == 0, locked.stdout[-2000:] + locked.stderr[-2000:]
     command = [
         "make",
