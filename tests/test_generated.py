@@ -111,9 +111,10 @@ def test_its_own_test_suite_passes(project: tuple[Path, Path]) -> None:
     assert int(report.stdout.strip()) >= threshold + 3, f"measured {report.stdout.strip()}%, threshold {threshold}%"
 
 
-# The gates `make evidence` runs here: all but `audit` (pip-audit needs PyPI's vulnerability API,
-# which this machine's package proxy does not serve) and `secrets-history` (gitleaks needs Go);
-# `lint` runs in test_linter_is_clean. CI's evidence job has them all.
+# The gates `make evidence` runs here, and the coverage threshold over the suite's run above: all
+# but `audit` (pip-audit needs PyPI's vulnerability API, which this machine's package proxy does
+# not serve) and `secrets-history` (gitleaks needs Go); `lint` runs in test_linter_is_clean.
+# CI's evidence job has them all.
 LOCAL_GATES = "locked workflows secrets sast policy iac"
 NEEDS_THE_NETWORK = {"SUP-02"}  # verified by `make audit` and the CI job that runs it, nothing else
 
