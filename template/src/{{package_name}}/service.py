@@ -100,8 +100,19 @@ def bind(host: str, port: int, host_setting: str, port_setting: str) -> socket.s
 
 
 async def serve(service: Service) -> None:
-    settings, tls, metrics, parts = service.settings, service.tls, service.metrics, service.parts
-    for part in parts:
+    """Serve until SIGTERM or SIGINT, then drain and stop: exit code 0."""
+    await prepare(service)
+    await Serving(service).run()
+    # Stopping already: a late signal must not turn exit code 0 into death by signal.
+    for late in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(late, signal.SIG_IGN)
+    log.info("stopped")
+
+
+async def prepare(service: Service) -> None:
+    """What serving needs once: the parts prepared, the policy checked against the tools, and
+    start-up's objects out of the collector's reach."""
+    for part in service.parts:
         await part.prepare()
     unmatched = service.policy.unmatched_patterns(tool.name for tool in await service.server.list_tools())
     if unmatched:
@@ -111,9 +122,12 @@ async def serve(service: Service) -> None:
     # ~100,000 objects of start-up (at 32 clients p99 latency halved: the template's benchmarks).
     gc.collect()
     gc.freeze()
-    metrics.tls_certificate_expiry.set_function(lambda: tls.expires_at.timestamp())
-    shutdown = Shutdown()
+    service.metrics.tls_certificate_expiry.set_function(lambda: service.tls.expires_at.timestamp())
 
+
+def connection_bounds(service: Service) -> ConnectionBounds:
+    """The bounds of every connection to the MCP port, with their gauges."""
+    settings, metrics = service.settings, service.metrics
     bounds = ConnectionBounds(
         head_timeout=settings.request_head_timeout_seconds,
         body_timeout=settings.request_body_timeout_seconds,
@@ -126,105 +140,122 @@ async def serve(service: Service) -> None:
     )
     metrics.connections_open.set_function(lambda: bounds.open_total)
     metrics.tls_handshakes_in_progress.set_function(lambda: bounds.handshakes)
+    return bounds
+
+
+def mcp_server(service: Service, app: ASGIApp, bounds: ConnectionBounds) -> BoundedServer:
+    """The MCP port's server: TLS from ``service.tls``, every connection within ``bounds``."""
+    settings = service.settings
     # No limit_concurrency: uvicorn's counts idle and unauthenticated connections too, so they
     # could keep every caller out; app.create_app caps authenticated requests instead.
-    mcp_server = BoundedServer(
-        _config(
-            shutdown.wrap(service.app),
-            settings.host,
-            settings.port,
-            # Without client certificates of its own (oauth), a server still checks a peer's.
-            http=TLSIdentityProtocol.configured(
-                require_client_auth_usage=getattr(settings, "tls_client_require_client_auth_eku", True),
-                bounds=bounds,
-            ),
-            ssl_context_factory=lambda _config, _default: tls.listener,
-            timeout_keep_alive=settings.keep_alive_timeout_seconds,
+    config = _config(
+        app,
+        settings.host,
+        settings.port,
+        http=TLSIdentityProtocol.configured(
+            require_client_auth_usage=settings.client_auth_usage_required(), bounds=bounds
         ),
+        ssl_context_factory=lambda _config, _default: service.tls.listener,
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
+    )
+    server = BoundedServer(
+        config,
         bounds=bounds,
         tls_handshake_timeout=settings.tls_handshake_timeout_seconds,
         trusted_proxies=settings.trusted_proxies,
         warning_window=settings.audit_refusal_window_seconds,
     )
-    mcp_server.config.timeout_graceful_shutdown = settings.shutdown_grace_seconds
+    server.config.timeout_graceful_shutdown = settings.shutdown_grace_seconds
+    return server
 
-    def is_ready() -> bool:
+
+class Serving:
+    """One run of the two servers. The shutdown owns the drain, the MCP server its listener,
+    the ops server readiness; the signals decide when each stops (uvicorn answers none: it
+    would close the listener at once)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.shutdown = Shutdown()
+        self.mcp = mcp_server(service, self.shutdown.wrap(service.app), connection_bounds(service))
+        settings = service.settings
+        self.ops = uvicorn.Server(
+            _config(ops_app(service.metrics, self.is_ready), settings.ops_host, settings.ops_port, lifespan="off")
+        )
+        for server in (self.mcp, self.ops):
+            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+
+    def is_ready(self) -> bool:
         """Serving, and ready as far as every part is concerned (with OAuth: holding the issuer's keys)."""
-        serving = mcp_server.started and not shutdown.draining and not mcp_server.should_exit
-        return serving and all(part.ready() for part in parts)
+        serving = self.mcp.started and not self.shutdown.draining and not self.mcp.should_exit
+        return serving and all(part.ready() for part in self.service.parts)
 
-    ops_server = uvicorn.Server(
-        _config(ops_app(metrics, is_ready), settings.ops_host, settings.ops_port, lifespan="off")
-    )
-    # The signals are answered below, not by uvicorn: it would close the listener at once.
-    for server in (mcp_server, ops_server):
-        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    async def run(self) -> None:
+        parts = self.service.parts
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async with anyio.create_task_group() as servers:
+                servers.start_soon(lambda: self.ops.serve(sockets=[self.service.ops_socket]))
+                async with anyio.create_task_group() as loops:
+                    loops.start_soon(self.answer, signals, loops)
+                    loops.start_soon(self.watch_certificates)
+                    for part in parts:
+                        loops.start_soon(part.start)
+                        loops.start_soon(part.keep)
+                    await self.mcp.serve(sockets=[self.service.mcp_socket])
+                    # Every loop ends with serving, a part still starting too (an issuer that
+                    # never answers must not keep the process alive).
+                    loops.cancel_scope.cancel()
+                self.ops.should_exit = True
+            for part in parts:
+                await part.aclose()
 
-    def reload_certificates() -> bool:
-        if not tls.reload_if_changed():
+    def reload_certificates(self) -> bool:
+        if not self.service.tls.reload_if_changed():
             return False
-        metrics.tls_reloads.inc()
-        for part in parts:
+        self.service.metrics.tls_reloads.inc()
+        for part in self.service.parts:
             part.certificates_reloaded()
         return True
 
-    async def watch_certificates() -> None:
+    async def watch_certificates(self) -> None:
         while True:
-            await anyio.sleep(settings.tls_reload_interval_seconds)
-            reload_certificates()
+            await anyio.sleep(self.service.settings.tls_reload_interval_seconds)
+            self.reload_certificates()
 
-    async def drain(name: str) -> None:
+    async def answer(self, signals: AsyncIterator[int], loops: TaskGroup) -> None:
+        """SIGHUP: reload now. SIGTERM or SIGINT: drain; a second one cuts the drain short, a
+        third stops without waiting for requests in flight."""
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP: certificate files checked now", extra={"reloaded": self.reload_certificates()})
+            elif not self.shutdown.draining:
+                self.shutdown.begin()
+                loops.start_soon(self.drain, name)
+            elif not self.mcp.should_exit:
+                self.shutdown.cut_short()
+            else:
+                log.warning("stopping now, without waiting for requests in flight", extra={"signal": name})
+                self.mcp.force_exit = True
+
+    async def drain(self, name: str) -> None:
+        settings = self.service.settings
         log.info(
             "stopping: not ready any more, still serving for the drain",
             extra={"signal": name, "drain_seconds": settings.shutdown_drain_seconds},
         )
-        if not await shutdown.drain(settings.shutdown_drain_seconds):
+        if not await self.shutdown.drain(settings.shutdown_drain_seconds):
             log.info("drain cut short by a second signal")
         # Stop accepting first: a connection accepted a moment ago then gets its first request
         # in, which uvicorn answers, where it would close the connection as idle.
-        for listener in mcp_server.servers:
+        for listener in self.mcp.servers:
             listener.close()
         log.info(
             "listener closed: requests in flight may finish",
             extra={"grace_seconds": settings.shutdown_grace_seconds},
         )
         await anyio.sleep(LAST_REQUEST_SECONDS)
-        mcp_server.should_exit = True
-
-    async def answer(signals: AsyncIterator[int], loops: TaskGroup) -> None:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if signum == signal.SIGHUP:
-                log.info("SIGHUP: certificate files checked now", extra={"reloaded": reload_certificates()})
-            elif not shutdown.draining:
-                shutdown.begin()
-                loops.start_soon(drain, name)
-            elif not mcp_server.should_exit:
-                shutdown.cut_short()
-            else:
-                log.warning("stopping now, without waiting for requests in flight", extra={"signal": name})
-                mcp_server.force_exit = True
-
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async with anyio.create_task_group() as servers:
-            servers.start_soon(lambda: ops_server.serve(sockets=[service.ops_socket]))
-            async with anyio.create_task_group() as loops:
-                loops.start_soon(answer, signals, loops)
-                loops.start_soon(watch_certificates)
-                for part in parts:
-                    loops.start_soon(part.start)
-                    loops.start_soon(part.keep)
-                await mcp_server.serve(sockets=[service.mcp_socket])
-                # Every loop ends with serving, a part still starting too (an issuer that
-                # never answers must not keep the process alive).
-                loops.cancel_scope.cancel()
-            ops_server.should_exit = True
-        for part in parts:
-            await part.aclose()
-    # Stopping already: a late signal must not turn exit code 0 into death by signal.
-    for late in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(late, signal.SIG_IGN)
-    log.info("stopped")
+        self.mcp.should_exit = True
 
 
 class BoundedServer(uvicorn.Server):

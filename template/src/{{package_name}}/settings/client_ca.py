@@ -37,3 +37,6 @@ class ClientCASettings(BaseSettings):
     def client_ca(self) -> Path | None:
         """The CA bundle client certificates must chain to; None: clients present none."""
         return self.tls_client_ca_file if self.asks_for_certificates(dict(self)) else None
+
+    def client_auth_usage_required(self) -> bool:
+        return self.tls_client_require_client_auth_eku
