@@ -6,6 +6,7 @@ need no client certificate; keep it unreachable from outside the cluster (Networ
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Callable
@@ -21,77 +22,60 @@ from starlette.routing import Route
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.tool_calls = Counter(
-            "mcp_tool_calls",
-            "Tool calls by tool, authorization decision and outcome.",
-            ["tool", "decision", "outcome"],
-            registry=self.registry,
+        # Every metric in this server's own registry (the process's default one stays empty).
+        counter = functools.partial(Counter, registry=self.registry)
+        gauge = functools.partial(Gauge, registry=self.registry)
+        histogram = functools.partial(Histogram, registry=self.registry)
+        self.tool_calls = counter(
+            "mcp_tool_calls", "Tool calls by tool, authorization decision and outcome.", ["tool", "decision", "outcome"]
         )
-        self.tool_latency = Histogram(
+        self.tool_latency = histogram(
             "mcp_tool_call_duration_seconds",
             "Time spent in permitted tool calls.",
             ["tool"],
-            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
-        self.tls_certificate_expiry = Gauge(
-            "mcp_tls_certificate_expiry_timestamp_seconds",
-            "When the server certificate in use expires (Unix time).",
-            registry=self.registry,
+        self.tls_certificate_expiry = gauge(
+            "mcp_tls_certificate_expiry_timestamp_seconds", "When the server certificate in use expires (Unix time)."
         )
-        self.requests_rejected = Counter(
+        self.requests_rejected = counter(
             "mcp_http_requests_rejected",
             "Requests answered with an HTTP error status (4xx, 5xx), by status.",
             ["status"],
-            registry=self.registry,
         )
-        self.requests_refused = Counter(
+        self.requests_refused = counter(
             "mcp_requests_refused",
             "Requests refused with a 4xx status, by reason (each one, also when its audit line is aggregated).",
             ["reason"],
-            registry=self.registry,
         )
-        self.jsonrpc_refused = Counter(
-            "mcp_jsonrpc_refused",
-            "JSON-RPC messages and requests refused before a handler ran, by reason.",
-            ["reason"],
-            registry=self.registry,
+        self.jsonrpc_refused = counter(
+            "mcp_jsonrpc_refused", "JSON-RPC messages and requests refused before a handler ran, by reason.", ["reason"]
         )
-        self.connections_refused = Counter(
+        self.connections_refused = counter(
             "mcp_connections_refused",
             "Connections on the MCP port closed before a request was complete, by reason.",
             ["reason"],
-            registry=self.registry,
         )
-        self.accept_failures = Counter(
+        self.accept_failures = counter(
             "mcp_accept_failures",
             "Failed accepts on the MCP port, by error (EMFILE: out of descriptors); accepting resumes shortly.",
             ["error"],
-            registry=self.registry,
         )
-        self.connections_open = Gauge(
+        self.connections_open = gauge(
             "mcp_connections_open",
             "Connections on the MCP port, counted from accept (TLS handshakes in progress included).",
-            registry=self.registry,
         )
-        self.tls_handshakes_in_progress = Gauge(
+        self.tls_handshakes_in_progress = gauge(
             "mcp_tls_handshakes_in_progress",
             "Connections on the MCP port accepted but not through TLS yet (or their PROXY header).",
-            registry=self.registry,
         )
-        self.requests_shed = Counter(
-            "mcp_requests_shed",
-            "Authenticated requests answered 503 because MAX_CONCURRENT_REQUESTS were in progress.",
-            registry=self.registry,
+        self.requests_shed = counter(
+            "mcp_requests_shed", "Authenticated requests answered 503 because MAX_CONCURRENT_REQUESTS were in progress."
         )
-        self.requests_in_progress = Gauge(
-            "mcp_requests_in_progress",
-            "Authenticated requests in progress (those MAX_CONCURRENT_REQUESTS caps).",
-            registry=self.registry,
+        self.requests_in_progress = gauge(
+            "mcp_requests_in_progress", "Authenticated requests in progress (those MAX_CONCURRENT_REQUESTS caps)."
         )
-        self.tls_reloads = Counter(
-            "mcp_tls_reloads", "Certificate reloads after rotation on disk.", registry=self.registry
-        )
+        self.tls_reloads = counter("mcp_tls_reloads", "Certificate reloads after rotation on disk.")
         # labels() costs more than the update itself: keep each child (labels are bounded).
         self._call_counters: dict[tuple[str, str, str], Counter] = {}
         self._call_timers: dict[str, Histogram] = {}
