@@ -100,6 +100,21 @@ def questions() -> dict[str, dict[str, Any]]:
     return {name: spec for name, spec in config.items() if not name.startswith("_")}
 
 
+def answers_with_computed(answers: dict[str, Any]) -> dict[str, Any]:
+    """Every answer copier would hold for ``answers`` (the rest at their defaults), the computed
+    ones (``when: false``) included: each default rendered in copier.yml's order with copier's
+    Jinja filters, so a test reads what the template computed instead of deriving it again."""
+    environment = jinja2.Environment(extensions=["jinja2_ansible_filters.AnsibleCoreFiltersExtension"])
+    context: dict[str, Any] = {}
+    for name, spec in questions().items():
+        value = answers[name] if name in answers else spec.get("default")
+        if isinstance(value, str) and ("{{" in value or "{%" in value):
+            value = environment.from_string(value).render(**context)
+            value = yaml.safe_load(value) if spec.get("type") in ("bool", "int", "float", "yaml", "json") else value
+        context[name] = value
+    return context
+
+
 def choice_values(spec: dict[str, Any]) -> list[Any]:
     choices = spec["choices"]
     return list(choices.values()) if isinstance(choices, dict) else list(choices)

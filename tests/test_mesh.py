@@ -26,10 +26,10 @@ import yaml
 from conftest import (
     CUSTOM,
     UV,
+    answers_with_computed,
     combo_id,
     covering,
     npm_package,
-    questions,
     render,
     tool_venv,
 )
@@ -365,24 +365,30 @@ def test_the_mesh_objects_are_as_documented(
     answers, project, builds = built[index]
     mesh = answers["service_mesh"]
     shipped = builds[answers["cloud"]].read_text()
-    architecture = answers["architecture"]
-    # The other federated peers call the first peer through the mesh too.
-    federated = architecture == "federated" and mesh != "none"
-    peer_names = questions()["federation_peers"]["default"][1:]
-    check_mesh(objects_of(shipped), mesh, tuple(f"{NAMESPACE}-{name}" for name in peer_names) if federated else ())
-    if architecture != "standalone" and mesh != "none":
-        # The hub calls each zone's spoke; each federated peer calls every other one.
-        names = questions()["spokes" if architecture == "hub-and-spoke" else "federation_peers"]["default"]
-        others = [f"{NAMESPACE}-{name}" for name in (names if architecture == "hub-and-spoke" else names[1:])]
+    # Who calls whom through the mesh: the template's own graph (copier.yml's mesh_callers).
+    namespace_of = {
+        name: f"{NAMESPACE}-{name}" if name else NAMESPACE
+        for name in [""] + answers_with_computed(answers)["upstreams"]
+    }
+    callers_of = {
+        namespace_of[name]: [namespace_of[caller] for caller in callers]
+        for name, callers in answers_with_computed(answers)["mesh_callers"].items()
+    }
+    meshed = mesh != "none"
+    check_mesh(objects_of(shipped), mesh, tuple(callers_of[NAMESPACE]) if meshed else ())
+    others = [namespace for namespace in callers_of if namespace != NAMESPACE]
+    if others and meshed:
         port = 15008 if mesh == "istio" else 4143
         first_egress = objects_of(shipped)[("NetworkPolicy", f"{SLUG}-mesh")]["spec"]["egress"][-1]
         assert first_egress["ports"] == [{"port": port, "protocol": "TCP"}]
-        assert [
-            peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in first_egress["to"]
-        ] == others
+        called = [namespace for namespace, callers in callers_of.items() if NAMESPACE in callers]
+        assert (
+            [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in first_egress["to"]]
+            == called
+            == others
+        )
         for namespace in others:
-            callers = [NAMESPACE] + ([o for o in others if o != namespace] if architecture == "federated" else [])
-            check_spoke_mesh(objects_of(shipped, namespace), mesh, callers)
+            check_spoke_mesh(objects_of(shipped, namespace), mesh, callers_of[namespace])
     # make kind-up installs no mesh: the local overlay has none of its objects or labels.
     check_mesh(objects_of(builds["local"].read_text()), "none")
     # test_render.py varies the mesh in turn only: the full tree of every pair renders cleanly here.
