@@ -1,7 +1,8 @@
-"""Run several servers of this project on this machine for development, stopped together.
+"""Run this project's servers on this machine for development, stopped together.
 
-``dev_spokes.py`` (hub-and-spoke) and ``dev_peers.py`` (federated) give each its settings;
-this runs them as ``python -m <package>`` processes until Ctrl-C or SIGTERM, or until one exits.
+``servers`` here is a standalone project's one server; ``dev_spokes.py`` (hub-and-spoke) and
+``dev_peers.py`` (federated) give theirs. ``run_all`` runs them as ``python -m <package>``
+processes until Ctrl-C or SIGTERM, or until one exits (``scripts/local_env.py dev``).
 ``free_port`` gives the tests and ``make bench`` loopback ports that nothing else takes meanwhile.
 """
 
@@ -14,9 +15,24 @@ import subprocess  # nosec B404
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 _RESERVED: list[socket.socket] = []
+
+
+@dataclass(frozen=True)
+class Server:
+    """One server of ``make dev``: its settings beside the defaults, which name the dev PKI."""
+
+    settings: dict[str, str] = field(default_factory=dict)
+    called_by_clients: bool = True  # a zone's spoke is called by the hub alone
+
+
+def servers(_pki: Path) -> list[Server]:
+    """A standalone project's one server, at its defaults."""
+    return [Server()]
 
 
 def free_port() -> int:
