@@ -209,14 +209,6 @@ def test_the_entry_point_only_reads_the_settings_and_serves(rendered: tuple[Path
     assert {base for name, base in errors if name != "ConfigError"} == {"ConfigError"}
 
 
-def test_compliance_matrix_lists_exactly_the_chosen_frameworks(tmp_path: Path) -> None:
-    only_gdpr = render(tmp_path / "gdpr", {"compliance": ["gdpr"]}) / "docs" / "compliance.md"
-    text = only_gdpr.read_text()
-    assert "GDPR" in text
-    assert "PCI DSS" not in text
-    assert "HIPAA" not in text
-
-
 def test_no_private_key_or_dev_pki_is_generated(rendered: tuple[Path, dict[str, Any]]) -> None:
     project, _ = rendered
     assert not [p for p in files(project) if "PRIVATE KEY" in p.read_text()]
