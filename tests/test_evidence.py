@@ -84,28 +84,37 @@ def planted(project: Path, venv: Path, tmp_path_factory: pytest.TempPathFactory)
     return copy, junit
 
 
-def test_a_failing_test_leaves_its_control_not_evidenced_whatever_ci_says(
-    planted: tuple[Path, Path], venv: Path, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def planted_evidence(
+    planted: tuple[Path, Path], venv: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[str, dict[str, Any]], Path]:
+    """The evidence of the planted copy's two tests, with every CI job reported passed: the
+    controls, and the folder of the report."""
     copy, junit = planted
-    ci = every_job_passed(copy, tmp_path / "needs.json")
-    controls = evidence_of(copy, venv, tmp_path / "out", "--junit", str(junit), "--ci-results", str(ci))
+    out = tmp_path_factory.mktemp("planted-evidence")
+    ci = every_job_passed(copy, out / "needs.json")
+    return evidence_of(copy, venv, out / "out", "--junit", str(junit), "--ci-results", str(ci)), out / "out"
+
+
+def test_a_failing_test_leaves_its_control_not_evidenced_whatever_ci_says(
+    planted_evidence: tuple[dict[str, dict[str, Any]], Path],
+) -> None:
+    controls, out = planted_evidence
     assert controls["NET-01"]["tests"] == {NET_01: "failed"}
     assert controls["NET-01"]["ci"] == {"test": "passed"}
     assert controls["NET-01"]["status"] == "not evidenced"
     assert controls["NET-06"]["tests"] == {NET_06: "passed"}
     assert controls["NET-06"]["status"] == "evidenced"
-    page = (tmp_path / "out" / "evidence.md").read_text()
+    page = (out / "evidence.md").read_text()
     assert "| NET-01 TLS 1.3 only on the MCP port | not evidenced |" in page
     assert "## NET" in page and "## SUP" in page
 
 
 def test_a_control_whose_tests_did_not_run_is_not_evidenced(
-    planted: tuple[Path, Path], venv: Path, tmp_path: Path
+    planted: tuple[Path, Path], planted_evidence: tuple[dict[str, dict[str, Any]], Path], venv: Path, tmp_path: Path
 ) -> None:
-    copy, junit = planted
-    ci = every_job_passed(copy, tmp_path / "needs.json")
-    controls = evidence_of(copy, venv, tmp_path / "out", "--junit", str(junit), "--ci-results", str(ci))
+    controls, _ = planted_evidence
+    copy, _ = planted
     # IAM-01's tests are not in this JUnit file: its CI job's success is no evidence for them.
     assert set(controls["IAM-01"]["tests"].values()) == {"not-run"}
     assert controls["IAM-01"]["status"] == "not evidenced"
