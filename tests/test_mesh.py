@@ -366,14 +366,9 @@ def test_the_mesh_objects_are_as_documented(
     mesh = answers["service_mesh"]
     shipped = builds[answers["cloud"]].read_text()
     # Who calls whom through the mesh: the template's own graph (copier.yml's mesh_callers).
-    namespace_of = {
-        name: f"{NAMESPACE}-{name}" if name else NAMESPACE
-        for name in [""] + answers_with_computed(answers)["upstreams"]
-    }
-    callers_of = {
-        namespace_of[name]: [namespace_of[caller] for caller in callers]
-        for name, callers in answers_with_computed(answers)["mesh_callers"].items()
-    }
+    graph = answers_with_computed(answers)["mesh_callers"]
+    namespace_of = {name: f"{NAMESPACE}-{name}" if name else NAMESPACE for name in graph}
+    callers_of = {namespace_of[name]: [namespace_of[caller] for caller in callers] for name, callers in graph.items()}
     meshed = mesh != "none"
     check_mesh(objects_of(shipped), mesh, tuple(callers_of[NAMESPACE]) if meshed else ())
     others = [namespace for namespace in callers_of if namespace != NAMESPACE]
